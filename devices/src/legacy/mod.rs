@@ -1,0 +1,12 @@
+//! Legacy PC devices: the 16550A serial port, the i8042 reset line, the
+//! CMOS real-time clock and Hearth's boot-timer port.
+
+pub mod boot_timer;
+pub mod cmos;
+pub mod i8042;
+pub mod serial;
+
+pub use boot_timer::{BootTime, BootTimer, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
+pub use cmos::Cmos;
+pub use i8042::I8042;
+pub use serial::{SerialDevice, SerialInput};

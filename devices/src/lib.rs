@@ -1,0 +1,11 @@
+//! Device models for Hearth.
+//!
+//! Every device here is plain logic over guest memory (vm-memory) and
+//! eventfds: nothing in this crate talks to KVM, so all of it can be unit
+//! tested and fuzzed without a virtual machine. The VMM (crate `hearth`)
+//! wires the devices to KVM: it places them on the PIO and MMIO [`bus::Bus`]es,
+//! turns [`interrupt::IrqLine`]s into irqfds and registers ioeventfds.
+
+pub mod bus;
+pub mod interrupt;
+pub mod legacy;

@@ -1,0 +1,194 @@
+//! Command-line arguments and their conversion to a `VmConfig`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use hearth::{BootProtocol, SerialInput, SerialOutput, VmConfig};
+
+/// Hearth: boot and run a microVM.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a VM and run it until the guest resets or shuts down.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// JSON config file (see docs/CONFIG.md); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kernel image: ELF vmlinux or bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd or initramfs.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "TEXT")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u64>,
+    /// Serial console output: stdout, none or file:PATH.
+    #[arg(long, value_name = "SINK", value_parser = parse_serial)]
+    pub serial: Option<SerialOutput>,
+    /// Boot protocol: auto, linux or pvh.
+    #[arg(long, value_name = "PROTO", value_parser = parse_protocol)]
+    pub boot_protocol: Option<BootProtocol>,
+    /// Create the legacy PIT (i8254).
+    #[arg(long)]
+    pub pit: bool,
+    /// Print the guest-ready time (boot-timer port) to stderr.
+    #[arg(long)]
+    pub boot_timer: bool,
+}
+
+fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdout" => Ok(SerialOutput::Stdout),
+        "none" => Ok(SerialOutput::None),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialOutput::File(path.into())),
+            _ => Err(format!("expected stdout, none or file:PATH, got {s:?}")),
+        },
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<BootProtocol, String> {
+    match s {
+        "auto" => Ok(BootProtocol::Auto),
+        "linux" => Ok(BootProtocol::Linux),
+        "pvh" => Ok(BootProtocol::Pvh),
+        _ => Err(format!("expected auto, linux or pvh, got {s:?}")),
+    }
+}
+
+impl RunArgs {
+    /// The config: the JSON file if given, then each flag on top.
+    pub fn to_config(&self) -> anyhow::Result<VmConfig> {
+        let base = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config {}", path.display()))?;
+                Some(VmConfig::from_json(&text).with_context(|| format!("config {}", path.display()))?)
+            }
+            None => None,
+        };
+        let kernel = match (&self.kernel, &base) {
+            (Some(k), _) => k.clone(),
+            (None, Some(c)) => c.kernel.clone(),
+            (None, None) => bail!("--kernel is required (or a --config with a kernel)"),
+        };
+        let mut b = VmConfig::builder(kernel);
+        if let Some(c) = &base {
+            b = b
+                .vcpus(c.vcpus)
+                .memory_mib(c.memory_mib)
+                .cmdline(c.cmdline.clone())
+                .serial(c.serial.clone())
+                .serial_input(c.serial_input)
+                .boot_protocol(c.boot_protocol)
+                .pit(c.pit)
+                .memory_backing(c.memory_backing);
+            if let Some(i) = &c.initrd {
+                b = b.initrd(i);
+            }
+        } else {
+            b = b.serial_input(SerialInput::Stdin);
+        }
+        if let Some(i) = &self.initrd {
+            b = b.initrd(i);
+        }
+        if let Some(c) = &self.cmdline {
+            b = b.cmdline(c.clone());
+        }
+        if let Some(n) = self.vcpus {
+            b = b.vcpus(n);
+        }
+        if let Some(m) = self.memory {
+            b = b.memory_mib(m);
+        }
+        if let Some(s) = &self.serial {
+            b = b.serial(s.clone());
+        }
+        if let Some(p) = self.boot_protocol {
+            b = b.boot_protocol(p);
+        }
+        if self.pit {
+            b = b.pit(true);
+        }
+        Ok(b.build()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["hearth", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(r) => r,
+        }
+    }
+
+    #[test]
+    fn flags_make_a_config() {
+        let c = run_args(&[
+            "--kernel",
+            "/k",
+            "--vcpus",
+            "2",
+            "--memory",
+            "64",
+            "--serial",
+            "file:/tmp/x",
+        ])
+        .to_config()
+        .unwrap();
+        assert_eq!((c.vcpus, c.memory_mib), (2, 64));
+        assert_eq!(c.serial, SerialOutput::File("/tmp/x".into()));
+        assert_eq!(c.serial_input, SerialInput::Stdin);
+    }
+
+    #[test]
+    fn flags_override_json() {
+        let dir = std::env::temp_dir().join(format!("hearth-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.json");
+        std::fs::write(&path, r#"{"kernel": "/from-json", "vcpus": 3, "memory_mib": 32}"#).unwrap();
+        let c = run_args(&["--config", path.to_str().unwrap(), "--vcpus", "1"])
+            .to_config()
+            .unwrap();
+        assert_eq!(
+            (c.kernel.to_str().unwrap(), c.vcpus, c.memory_mib),
+            ("/from-json", 1, 32)
+        );
+        std::fs::write(&path, r#"{"kernel": "/k", "vcpus": "x"}"#).unwrap();
+        let e = run_args(&["--config", path.to_str().unwrap()])
+            .to_config()
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("vcpus"), "{e:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["hearth", "run", "--serial", "tty"]).is_err());
+        assert!(Cli::try_parse_from(["hearth", "run", "--boot-protocol", "efi"]).is_err());
+        assert!(run_args(&[]).to_config().is_err());
+        assert!(run_args(&["--kernel", "/k", "--vcpus", "0"]).to_config().is_err());
+    }
+}

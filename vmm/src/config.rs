@@ -1,0 +1,413 @@
+//! The VM configuration: plain serde data, a builder, and validation.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
+pub use crate::memory::MemoryBacking;
+use crate::serial_output::{SerialBuffer, SerialCallback};
+
+/// Smallest guest memory: the kernel loads at 1 MiB and needs room above it.
+pub const MIN_MEMORY_MIB: u64 = 4;
+/// Largest guest memory accepted before any host check (1 TiB).
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// The command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// Where the guest's serial console (COM1) output goes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SerialOutput {
+    /// The VMM process's standard output (`"stdout"` in JSON).
+    #[default]
+    Stdout,
+    /// Discarded (`"none"`).
+    None,
+    /// Appended to a file, created if missing (`{"file": "PATH"}`).
+    File(PathBuf),
+    /// An in-memory buffer the caller keeps a clone of (library only).
+    #[serde(skip)]
+    Buffer(SerialBuffer),
+    /// A callback (library only).
+    #[serde(skip)]
+    Callback(SerialCallback),
+}
+
+/// Where the guest's serial input comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialInput {
+    /// No input (the library can still inject bytes with
+    /// [`Vm::send_serial_input`](crate::Vm::send_serial_input)).
+    #[default]
+    None,
+    /// The VMM process's standard input.
+    Stdin,
+}
+
+/// Which entry protocol to boot the kernel with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootProtocol {
+    /// PVH when the ELF kernel carries a PVH note, else the Linux 64-bit
+    /// boot protocol.
+    #[default]
+    Auto,
+    /// The Linux 64-bit boot protocol (ELF vmlinux or bzImage).
+    Linux,
+    /// PVH (ELF with a `XEN_ELFNOTE_PHYS32_ENTRY` note only).
+    Pvh,
+}
+
+/// A configuration error; the message names the offending field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// vCPU count out of range.
+    #[error("vcpus must be between 1 and {max}, got {got}")]
+    Vcpus {
+        /// Value given.
+        got: u32,
+        /// Upper bound.
+        max: u32,
+    },
+    /// Memory too small.
+    #[error("memory_mib must be at least {MIN_MEMORY_MIB}, got {0}")]
+    MemoryTooSmall(u64),
+    /// Memory larger than the host has.
+    #[error("memory_mib {requested} exceeds the host's available memory ({available} MiB)")]
+    MemoryTooLarge {
+        /// MiB asked for.
+        requested: u64,
+        /// MiB the host has available.
+        available: u64,
+    },
+    /// No kernel path.
+    #[error("kernel must be set")]
+    NoKernel,
+    /// Command line too long.
+    #[error("cmdline is {len} bytes; the limit is {max}")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Command line with a NUL or another non-printable character.
+    #[error("cmdline has a {what} at byte {offset}; only printable ASCII is allowed")]
+    CmdlineCharacter {
+        /// "NUL byte" or "non-printable character".
+        what: &'static str,
+        /// Where.
+        offset: usize,
+    },
+    /// The JSON did not parse; the message starts with the field's path.
+    #[error("invalid config: {0}")]
+    Json(String),
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory_mib() -> u64 {
+    128
+}
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+/// Everything needed to start a VM.
+///
+/// Build it with [`VmConfig::builder`] or parse it with
+/// [`VmConfig::from_json`]; `docs/CONFIG.md` documents the JSON form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VmConfig {
+    /// Number of vCPUs (1..=254).
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Kernel image: an ELF vmlinux or a bzImage.
+    pub kernel: PathBuf,
+    /// Optional initrd/initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; Hearth appends its device entries.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Serial console output.
+    #[serde(default)]
+    pub serial: SerialOutput,
+    /// Serial console input.
+    #[serde(default)]
+    pub serial_input: SerialInput,
+    /// Kernel entry protocol.
+    #[serde(default)]
+    pub boot_protocol: BootProtocol,
+    /// Create the legacy i8254 PIT. Guests that use the LAPIC timer and
+    /// kvm-clock do not need it, and it costs a few ms on some hosts.
+    #[serde(default)]
+    pub pit: bool,
+    /// What backs guest RAM.
+    #[serde(default)]
+    pub memory_backing: MemoryBacking,
+}
+
+impl VmConfig {
+    /// Starts a builder with the defaults and `kernel`.
+    pub fn builder(kernel: impl Into<PathBuf>) -> VmConfigBuilder {
+        VmConfigBuilder {
+            config: Self {
+                vcpus: default_vcpus(),
+                memory_mib: default_memory_mib(),
+                kernel: kernel.into(),
+                initrd: None,
+                cmdline: default_cmdline(),
+                serial: SerialOutput::default(),
+                serial_input: SerialInput::default(),
+                boot_protocol: BootProtocol::default(),
+                pit: false,
+                memory_backing: MemoryBacking::default(),
+            },
+        }
+    }
+
+    /// Parses the JSON form. Errors name the field at fault.
+    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ConfigError::Json(inner.to_string())
+            } else {
+                ConfigError::Json(format!("{path}: {inner}"))
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The JSON form (library-only serial sinks are written as "none").
+    pub fn to_json(&self) -> String {
+        let mut c = self.clone();
+        if matches!(c.serial, SerialOutput::Buffer(_) | SerialOutput::Callback(_)) {
+            c.serial = SerialOutput::None;
+        }
+        serde_json::to_string_pretty(&c).unwrap_or_default()
+    }
+
+    /// Checks everything that does not depend on the host.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus {
+                got: self.vcpus,
+                max: MAX_VCPUS,
+            });
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooSmall(self.memory_mib));
+        }
+        if self.memory_mib > MAX_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooLarge {
+                requested: self.memory_mib,
+                available: MAX_MEMORY_MIB,
+            });
+        }
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::NoKernel);
+        }
+        validate_cmdline(&self.cmdline)
+    }
+}
+
+/// The command line must fit with its NUL and be printable ASCII.
+pub(crate) fn validate_cmdline(cmdline: &str) -> Result<(), ConfigError> {
+    if let Some(offset) = cmdline.bytes().position(|b| b == 0) {
+        return Err(ConfigError::CmdlineCharacter {
+            what: "NUL byte",
+            offset,
+        });
+    }
+    if let Some(offset) = cmdline.bytes().position(|b| !(b' '..=b'~').contains(&b)) {
+        return Err(ConfigError::CmdlineCharacter {
+            what: "non-printable character",
+            offset,
+        });
+    }
+    if cmdline.len() >= CMDLINE_MAX_SIZE {
+        return Err(ConfigError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: CMDLINE_MAX_SIZE - 1,
+        });
+    }
+    Ok(())
+}
+
+/// Reads `MemAvailable` from a /proc/meminfo text, in MiB.
+pub(crate) fn parse_mem_available_mib(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let rest = line.strip_prefix("MemAvailable:")?;
+        let kib: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kib / 1024)
+    })
+}
+
+/// Refuses more memory than the host has available.
+pub(crate) fn check_host_memory(requested_mib: u64) -> Result<(), ConfigError> {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return Ok(());
+    };
+    match parse_mem_available_mib(&meminfo) {
+        Some(available) if requested_mib > available => Err(ConfigError::MemoryTooLarge {
+            requested: requested_mib,
+            available,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Builds a [`VmConfig`].
+#[derive(Debug, Clone)]
+pub struct VmConfigBuilder {
+    config: VmConfig,
+}
+
+impl VmConfigBuilder {
+    /// Number of vCPUs.
+    pub fn vcpus(mut self, n: u32) -> Self {
+        self.config.vcpus = n;
+        self
+    }
+    /// Guest RAM in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.config.memory_mib = mib;
+        self
+    }
+    /// An initrd.
+    pub fn initrd(mut self, path: impl AsRef<Path>) -> Self {
+        self.config.initrd = Some(path.as_ref().to_path_buf());
+        self
+    }
+    /// The kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.config.cmdline = cmdline.into();
+        self
+    }
+    /// Serial output.
+    pub fn serial(mut self, out: SerialOutput) -> Self {
+        self.config.serial = out;
+        self
+    }
+    /// Serial input.
+    pub fn serial_input(mut self, input: SerialInput) -> Self {
+        self.config.serial_input = input;
+        self
+    }
+    /// Boot protocol.
+    pub fn boot_protocol(mut self, p: BootProtocol) -> Self {
+        self.config.boot_protocol = p;
+        self
+    }
+    /// Whether to create the PIT.
+    pub fn pit(mut self, pit: bool) -> Self {
+        self.config.pit = pit;
+        self
+    }
+    /// What backs guest RAM.
+    pub fn memory_backing(mut self, backing: MemoryBacking) -> Self {
+        self.config.memory_backing = backing;
+        self
+    }
+    /// Validates and returns the config.
+    pub fn build(self) -> Result<VmConfig, ConfigError> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_defaults_and_validation() {
+        let c = VmConfig::builder("/k").build().unwrap();
+        assert_eq!((c.vcpus, c.memory_mib, c.pit), (1, 128, false));
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(
+            VmConfig::builder("/k").vcpus(0).build(),
+            Err(ConfigError::Vcpus {
+                got: 0,
+                max: MAX_VCPUS
+            })
+        );
+        assert!(VmConfig::builder("/k").vcpus(255).build().is_err());
+        assert_eq!(
+            VmConfig::builder("/k").memory_mib(0).build(),
+            Err(ConfigError::MemoryTooSmall(0))
+        );
+        assert_eq!(VmConfig::builder("").build(), Err(ConfigError::NoKernel));
+        let long = "a".repeat(CMDLINE_MAX_SIZE);
+        assert_eq!(
+            VmConfig::builder("/k").cmdline(long).build(),
+            Err(ConfigError::CmdlineTooLong {
+                len: CMDLINE_MAX_SIZE,
+                max: CMDLINE_MAX_SIZE - 1
+            })
+        );
+        assert_eq!(
+            VmConfig::builder("/k").cmdline("a\0b").build(),
+            Err(ConfigError::CmdlineCharacter {
+                what: "NUL byte",
+                offset: 1
+            })
+        );
+        assert!(VmConfig::builder("/k").cmdline("tab\there").build().is_err());
+    }
+
+    #[test]
+    fn json_round_trip_and_defaults() {
+        let c = VmConfig::from_json(r#"{"kernel": "/vmlinux", "vcpus": 2, "serial": {"file": "/tmp/s"}}"#)
+            .unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_mib, 128);
+        assert_eq!(c.serial, SerialOutput::File("/tmp/s".into()));
+        let again = VmConfig::from_json(&c.to_json()).unwrap();
+        assert_eq!(again, c);
+        let c = VmConfig::from_json(
+            r#"{"kernel": "/k", "serial": "none", "boot_protocol": "pvh", "memory_backing": "memfd"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.serial, SerialOutput::None);
+        assert_eq!(c.boot_protocol, BootProtocol::Pvh);
+        assert_eq!(c.memory_backing, MemoryBacking::Memfd);
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = VmConfig::from_json(r#"{"kernel": "/k", "vcpus": "two"}"#).unwrap_err();
+        assert!(e.to_string().contains("vcpus"), "{e}");
+        let e = VmConfig::from_json(r#"{"kernel": "/k", "memory": 5}"#).unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+        let e = VmConfig::from_json(r#"{"vcpus": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("kernel"), "{e}");
+        let e = VmConfig::from_json(r#"{"kernel": "/k", "serial": {"file": 3}}"#).unwrap_err();
+        assert!(e.to_string().contains("serial"), "{e}");
+        let e = VmConfig::from_json(r#"{"kernel": "/k", "vcpus": 0}"#).unwrap_err();
+        assert!(e.to_string().contains("vcpus"), "{e}");
+        assert!(VmConfig::from_json("{").is_err());
+    }
+
+    #[test]
+    fn parses_meminfo() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2097152 kB\n";
+        assert_eq!(parse_mem_available_mib(text), Some(2048));
+        assert_eq!(parse_mem_available_mib("MemTotal: 1 kB\n"), None);
+    }
+}

@@ -1,0 +1,62 @@
+//! The error type of the public API.
+
+use std::io;
+
+use crate::boot::BootError;
+use crate::config::ConfigError;
+use crate::device_manager::DeviceError;
+use crate::exit::ExitReason;
+use crate::kvm::vcpu::VcpuError;
+use crate::kvm::KvmError;
+use crate::memory::MemoryError;
+
+/// Everything that can stop a VM from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM is missing, inaccessible or failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel, initrd or command line is unusable.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A device could not be set up.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The operation needs a running VM, and this one has exited.
+    #[error("the VM is not running ({0})")]
+    NotRunning(ExitReason),
+    /// A vCPU thread did not answer a request in time.
+    #[error("vCPU {index} did not answer a {request} request")]
+    VcpuUnresponsive {
+        /// The vCPU.
+        index: usize,
+        /// The request.
+        request: &'static str,
+    },
+    /// An eventfd or signal handler could not be set up.
+    #[error("cannot set up {what}: {source}")]
+    Setup {
+        /// What.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}

@@ -1,0 +1,65 @@
+//! # Hearth
+//!
+//! An embeddable microVM monitor for x86_64 KVM, built from the rust-vmm
+//! crates. A [`Vm`] boots a Linux kernel (ELF vmlinux through the 64-bit
+//! boot protocol or PVH, or a bzImage) with an optional initrd, on SMP
+//! vCPUs with the in-kernel irqchip, a 16550 serial console and an i8042
+//! for reset.
+//!
+//! ```no_run
+//! use hearth::{SerialBuffer, SerialOutput, Vm, VmConfig};
+//! use std::time::Duration;
+//!
+//! let console = SerialBuffer::new();
+//! let config = VmConfig::builder("vmlinux")
+//!     .vcpus(2)
+//!     .memory_mib(128)
+//!     .cmdline("console=ttyS0 reboot=k panic=1")
+//!     .serial(SerialOutput::Buffer(console.clone()))
+//!     .build()?;
+//! let vm = Vm::start(config)?;
+//! console.wait_for("login:", Duration::from_secs(30));
+//! vm.stop();
+//! # Ok::<(), hearth::Error>(())
+//! ```
+//!
+//! The library never exits the process and never installs a logger; it
+//! logs through the `log` crate.
+
+mod arch;
+mod boot;
+mod config;
+mod device_manager;
+mod error;
+mod event_loop;
+mod exit;
+mod kvm;
+mod memory;
+mod serial_output;
+mod vm;
+
+pub use boot::BootError;
+pub use config::{
+    BootProtocol, ConfigError, MemoryBacking, SerialInput, SerialOutput, VmConfig, VmConfigBuilder,
+    DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+};
+pub use device_manager::DeviceError;
+pub use error::Error;
+pub use exit::ExitReason;
+pub use hearth_devices::legacy::{BootTime, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
+pub use kvm::vcpu::VcpuError;
+pub use kvm::KvmError;
+pub use memory::MemoryError;
+pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
+pub use vm::Vm;
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn vm_is_send_and_sync() {
+        assert_send_sync::<crate::Vm>();
+        assert_send_sync::<crate::VmConfig>();
+    }
+}
