@@ -9,3 +9,7 @@
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
+pub mod virtio;
+
+/// Guest memory as every device sees it.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -96,6 +96,37 @@ pub enum BootError {
     Write(#[from] WriteError),
 }
 
+/// The kernel and initrd, opened before any KVM work so that a bad path
+/// fails fast.
+#[derive(Debug)]
+pub(crate) struct BootFiles {
+    kernel: File,
+    initrd: Option<(File, u64)>,
+}
+
+impl BootFiles {
+    /// Opens and checks both files.
+    pub fn open(kernel: &Path, initrd: Option<&Path>) -> Result<Self, BootError> {
+        let kernel = open_file(kernel)?;
+        let initrd = match initrd {
+            Some(path) => {
+                let io_err = |source| BootError::Initrd {
+                    path: path.into(),
+                    source,
+                };
+                let file = File::open(path).map_err(io_err)?;
+                let meta = file.metadata().map_err(io_err)?;
+                if !meta.is_file() {
+                    return Err(io_err(std::io::Error::other("not a regular file")));
+                }
+                Some((file, meta.len()))
+            }
+            None => None,
+        };
+        Ok(Self { kernel, initrd })
+    }
+}
+
 /// What to boot.
 #[derive(Debug)]
 pub(crate) struct BootSpec<'a> {
@@ -131,10 +162,10 @@ fn open_file(path: &Path) -> Result<File, BootError> {
 
 fn load_kernel(
     mem: &GuestMemoryMmap,
+    file: &mut File,
     path: &Path,
     protocol: BootProtocol,
 ) -> Result<LoadedKernel, BootError> {
-    let mut file = open_file(path)?;
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(|source| BootError::KernelOpen {
         path: path.into(),
@@ -145,7 +176,7 @@ fn load_kernel(
         reason: e.to_string(),
     };
     if n == 4 && magic == *b"\x7fELF" {
-        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+        let r = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
         let entry = match (protocol, r.pvh_boot_cap) {
             (BootProtocol::Pvh | BootProtocol::Auto, PvhBootCapability::PvhEntryPresent(addr)) => {
                 EntryPoint::Pvh(addr.raw_value())
@@ -177,7 +208,7 @@ fn load_kernel(
             why: "it is a bzImage; PVH needs an ELF vmlinux",
         });
     }
-    let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+    let r = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
     let header = r
         .setup_header
         .ok_or_else(|| BootError::KernelFormat { path: path.into() })?;
@@ -215,13 +246,16 @@ pub(crate) fn build_cmdline(user: &str, extra: &[String], capacity: usize) -> Re
 }
 
 /// Places the initrd page-aligned at the top of low RAM, above the kernel.
-fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u64, u64), BootError> {
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    (file, size): (&mut File, u64),
+    path: &Path,
+    kernel_end: u64,
+) -> Result<(u64, u64), BootError> {
     let io_err = |source| BootError::Initrd {
         path: path.into(),
         source,
     };
-    let mut file = File::open(path).map_err(io_err)?;
-    let size = file.metadata().map_err(io_err)?.len();
     let low_end = mem
         .iter()
         .next()
@@ -239,14 +273,22 @@ fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u
         path: path.into(),
         size,
     })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
+    mem.read_exact_volatile_from(GuestAddress(addr), file, len)
         .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     Ok((addr, size))
 }
 
 /// Loads everything and returns where the boot vCPU starts.
-pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<EntryPoint, BootError> {
-    let kernel = load_kernel(mem, spec.kernel, spec.protocol)?;
+pub(crate) fn load(
+    mem: &GuestMemoryMmap,
+    files: BootFiles,
+    spec: &BootSpec,
+) -> Result<EntryPoint, BootError> {
+    let BootFiles {
+        kernel: mut kernel_file,
+        initrd: initrd_file,
+    } = files;
+    let kernel = load_kernel(mem, &mut kernel_file, spec.kernel, spec.protocol)?;
     let capacity = match &kernel.header {
         Some(h) if h.cmdline_size > 0 => (h.cmdline_size as usize + 1).min(CMDLINE_MAX_SIZE),
         _ => CMDLINE_MAX_SIZE,
@@ -259,9 +301,9 @@ pub(crate) fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<EntryPoint,
         .map(|c| c.as_bytes_with_nul().len())
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
 
-    let initrd = match spec.initrd {
-        Some(path) => Some(load_initrd(mem, path, kernel.end)?),
-        None => None,
+    let initrd = match (initrd_file, spec.initrd) {
+        (Some((mut file, size)), Some(path)) => Some(load_initrd(mem, (&mut file, size), path, kernel.end)?),
+        _ => None,
     };
     setup_mptable(mem, spec.vcpus)?;
     let ram: Vec<(u64, u64)> = mem
@@ -302,6 +344,10 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
     }
 
+    fn boot(kernel: &Path) -> Result<EntryPoint, BootError> {
+        load(&mem(), BootFiles::open(kernel, None)?, &spec(kernel))
+    }
+
     fn spec(kernel: &Path) -> BootSpec<'_> {
         BootSpec {
             kernel,
@@ -318,30 +364,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hearth-boot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("missing");
-        assert!(matches!(
-            load(&mem(), &spec(&missing)),
-            Err(BootError::KernelOpen { .. })
-        ));
-        assert!(matches!(
-            load(&mem(), &spec(&dir)),
-            Err(BootError::KernelNotFile { .. })
-        ));
+        assert!(matches!(boot(&missing), Err(BootError::KernelOpen { .. })));
+        assert!(matches!(boot(&dir), Err(BootError::KernelNotFile { .. })));
         let junk = dir.join("junk");
         std::fs::write(&junk, vec![0x41u8; 4096]).unwrap();
-        let e = load(&mem(), &spec(&junk)).unwrap_err();
+        let e = boot(&junk).unwrap_err();
         assert!(matches!(e, BootError::KernelFormat { .. }), "{e}");
         let empty = dir.join("empty");
         std::fs::write(&empty, b"").unwrap();
-        assert!(matches!(
-            load(&mem(), &spec(&empty)),
-            Err(BootError::KernelFormat { .. })
-        ));
+        assert!(matches!(boot(&empty), Err(BootError::KernelFormat { .. })));
         let bad_elf = dir.join("bad.elf");
         std::fs::write(&bad_elf, b"\x7fELF\x01\x01\x01").unwrap();
-        assert!(matches!(
-            load(&mem(), &spec(&bad_elf)),
-            Err(BootError::KernelLoad { .. })
-        ));
+        assert!(matches!(boot(&bad_elf), Err(BootError::KernelLoad { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,6 +8,8 @@ use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
 pub use crate::memory::MemoryBacking;
 use crate::serial_output::{SerialBuffer, SerialCallback};
 
+pub use crate::disk::{DiskConfig, DiskFactory};
+
 /// Smallest guest memory: the kernel loads at 1 MiB and needs room above it.
 pub const MIN_MEMORY_MIB: u64 = 4;
 /// Largest guest memory accepted before any host check (1 TiB).
@@ -103,6 +105,14 @@ pub enum ConfigError {
         /// Where.
         offset: usize,
     },
+    /// A disk entry is invalid.
+    #[error("disks[{index}]: {why}")]
+    Disk {
+        /// Which disk.
+        index: usize,
+        /// What is wrong.
+        why: String,
+    },
     /// The JSON did not parse; the message starts with the field's path.
     #[error("invalid config: {0}")]
     Json(String),
@@ -156,6 +166,9 @@ pub struct VmConfig {
     /// What backs guest RAM.
     #[serde(default)]
     pub memory_backing: MemoryBacking,
+    /// virtio-blk disks, in order (the first is /dev/vda).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -173,6 +186,7 @@ impl VmConfig {
                 boot_protocol: BootProtocol::default(),
                 pit: false,
                 memory_backing: MemoryBacking::default(),
+                disks: Vec::new(),
             },
         }
     }
@@ -221,6 +235,9 @@ impl VmConfig {
         }
         if self.kernel.as_os_str().is_empty() {
             return Err(ConfigError::NoKernel);
+        }
+        for (index, disk) in self.disks.iter().enumerate() {
+            disk.validate().map_err(|why| ConfigError::Disk { index, why })?;
         }
         validate_cmdline(&self.cmdline)
     }
@@ -322,6 +339,11 @@ impl VmConfigBuilder {
     /// What backs guest RAM.
     pub fn memory_backing(mut self, backing: MemoryBacking) -> Self {
         self.config.memory_backing = backing;
+        self
+    }
+    /// Adds a disk.
+    pub fn disk(mut self, disk: DiskConfig) -> Self {
+        self.config.disks.push(disk);
         self
     }
     /// Validates and returns the config.

@@ -13,14 +13,20 @@ use hearth_devices::legacy::cmos::{CMOS_PORT, CMOS_PORT_LEN};
 use hearth_devices::legacy::i8042::{I8042_PORT, I8042_PORT_LEN};
 use hearth_devices::legacy::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use hearth_devices::legacy::{BootTimer, Cmos, SerialDevice, SerialInput, BOOT_TIMER_PORT, I8042};
+use hearth_devices::virtio::block::{Block, BlockMetrics, BlockOptions, DiskError};
+use hearth_devices::virtio::{
+    MmioTransport, VirtioDevice, VirtioInterrupt, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::arch::x86_64::layout::{IRQ_BASE, IRQ_MAX, VIRTIO_MMIO_START};
 use crate::config::{SerialInput as SerialInputConfig, SerialOutput, VmConfig};
 use crate::event_loop::Subscriber;
 use crate::exit::{ExitReason, RunState};
 use crate::kvm::vcpu::IoBuses;
 use crate::kvm::vm::KvmVm;
 use crate::kvm::KvmError;
+use crate::memory::GuestMemoryMmap;
 use crate::serial_output::SerialWriter;
 
 /// Errors creating devices.
@@ -47,6 +53,20 @@ pub enum DeviceError {
     /// Two devices claimed one address.
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
+    /// A disk image is unusable.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A custom disk backend failed to open.
+    #[error("cannot open disk {}: {source}", name.display())]
+    CustomDisk {
+        /// Its name.
+        name: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// More virtio devices than IRQs.
+    #[error("too many virtio devices: at most {0}")]
+    TooManyDevices(u32),
 }
 
 /// Handles to the devices the `Vm` talks to after start.
@@ -54,6 +74,7 @@ pub enum DeviceError {
 pub(crate) struct Devices {
     pub serial: Arc<SerialDevice>,
     pub boot_timer: Arc<BootTimer>,
+    pub disks: Vec<Arc<BlockMetrics>>,
     /// irqfds stay open as long as the VM.
     _irqfds: Vec<EventFd>,
 }
@@ -85,15 +106,83 @@ fn serial_writer(out: &SerialOutput) -> Result<SerialWriter, DeviceError> {
     })
 }
 
-/// Builds the legacy devices: COM1, i8042, CMOS and the boot timer.
+/// Places virtio devices in MMIO windows with their own IRQs.
+struct VirtioSlots {
+    next: u32,
+}
+
+impl VirtioSlots {
+    fn next(&mut self) -> Result<(u64, u32), DeviceError> {
+        let irq = IRQ_BASE + self.next;
+        if irq > IRQ_MAX {
+            return Err(DeviceError::TooManyDevices(IRQ_MAX - IRQ_BASE + 1));
+        }
+        let addr = VIRTIO_MMIO_START + u64::from(self.next) * MMIO_WINDOW_SIZE;
+        self.next += 1;
+        Ok((addr, irq))
+    }
+}
+
+/// What device setup works on.
+struct Builder<'a> {
+    vm: &'a KvmVm,
+    mem: &'a GuestMemoryMmap,
+    io: IoBuses,
+    subscribers: Vec<Subscriber>,
+    cmdline_extra: Vec<String>,
+    irqfds: Vec<EventFd>,
+    slots: VirtioSlots,
+}
+
+impl Builder<'_> {
+    /// Wires a virtio device: MMIO window, irqfd, ioeventfds, command line.
+    fn add_virtio<D>(&mut self, device: Arc<Mutex<D>>) -> Result<(), DeviceError>
+    where
+        D: VirtioDevice + event_manager::MutEventSubscriber + 'static,
+    {
+        let (addr, irq) = self.slots.next()?;
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        self.vm.register_irqfd(&irqfd, irq)?;
+        let interrupt = Arc::new(VirtioInterrupt::new(Arc::new(
+            irqfd.try_clone().map_err(DeviceError::EventFd)?,
+        )));
+        self.irqfds.push(irqfd);
+        {
+            let dev = device.lock().unwrap_or_else(|p| p.into_inner());
+            for (queue, evt) in dev.queue_events().iter().enumerate() {
+                self.vm
+                    .register_mmio_ioevent(evt, addr + NOTIFY_REG_OFFSET, queue as u32)?;
+            }
+        }
+        let transport = MmioTransport::new(device.clone(), self.mem.clone(), interrupt);
+        self.io.mmio.insert(addr, MMIO_WINDOW_SIZE, Arc::new(transport))?;
+        self.cmdline_extra
+            .push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
+        self.subscribers.push(device);
+        Ok(())
+    }
+}
+
+/// Builds the devices: COM1, i8042, CMOS, the boot timer, then the
+/// virtio devices in config order.
 pub(crate) fn setup(
     vm: &KvmVm,
+    mem: &GuestMemoryMmap,
     config: &VmConfig,
     run_state: &Arc<RunState>,
     start: (Instant, Duration),
 ) -> Result<DeviceSetup, DeviceError> {
-    let mut io = IoBuses::default();
-    let mut subscribers: Vec<Subscriber> = Vec::new();
+    let mut b = Builder {
+        vm,
+        mem,
+        io: IoBuses::default(),
+        subscribers: Vec::new(),
+        cmdline_extra: Vec::new(),
+        irqfds: Vec::new(),
+        slots: VirtioSlots { next: 0 },
+    };
+    let io = &mut b.io;
+    let subscribers = &mut b.subscribers;
 
     let com1_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
     vm.register_irqfd(&com1_irq, COM1_IRQ)?;
@@ -128,14 +217,28 @@ pub(crate) fn setup(
     io.pio
         .insert(BOOT_TIMER_PORT, 1, boot_timer.clone() as Arc<dyn BusDevice>)?;
 
+    b.irqfds.push(com1_irq);
+
+    let mut disks = Vec::with_capacity(config.disks.len());
+    for disk in &config.disks {
+        let options = BlockOptions {
+            read_only: disk.read_only,
+            id: disk.id.clone().unwrap_or_default(),
+        };
+        let block = Block::new(disk.open()?, &options).map_err(DeviceError::EventFd)?;
+        disks.push(block.metrics());
+        b.add_virtio(Arc::new(Mutex::new(block)))?;
+    }
+
     Ok(DeviceSetup {
         devices: Devices {
             serial,
             boot_timer,
-            _irqfds: vec![com1_irq],
+            disks,
+            _irqfds: b.irqfds,
         },
-        io,
-        subscribers,
-        cmdline_extra: Vec::new(),
+        io: b.io,
+        subscribers: b.subscribers,
+        cmdline_extra: b.cmdline_extra,
     })
 }

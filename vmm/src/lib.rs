@@ -30,6 +30,7 @@ mod arch;
 mod boot;
 mod config;
 mod device_manager;
+mod disk;
 mod error;
 mod event_loop;
 mod exit;
@@ -40,13 +41,14 @@ mod vm;
 
 pub use boot::BootError;
 pub use config::{
-    BootProtocol, ConfigError, MemoryBacking, SerialInput, SerialOutput, VmConfig, VmConfigBuilder,
-    DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    BootProtocol, ConfigError, DiskConfig, DiskFactory, MemoryBacking, SerialInput, SerialOutput, VmConfig,
+    VmConfigBuilder, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 pub use device_manager::DeviceError;
 pub use error::Error;
 pub use exit::ExitReason;
 pub use hearth_devices::legacy::{BootTime, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
+pub use hearth_devices::virtio::block::{BlockCounters, DiskBackend, DiskError, FileDisk, MemoryDisk};
 pub use kvm::vcpu::VcpuError;
 pub use kvm::KvmError;
 pub use memory::MemoryError;

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use hearth_devices::legacy::boot_timer::process_cpu_time;
 use hearth_devices::legacy::BootTime;
+use hearth_devices::virtio::block::BlockCounters;
 
-use crate::boot::{self, BootSpec};
+use crate::boot::{self, BootFiles, BootSpec};
 use crate::config::{check_host_memory, VmConfig};
 use crate::device_manager::{self, Devices};
 use crate::error::Error;
@@ -54,6 +55,7 @@ impl Vm {
     pub fn start(config: VmConfig) -> Result<Self, Error> {
         let t0 = (Instant::now(), process_cpu_time());
         config.validate()?;
+        let files = BootFiles::open(&config.kernel, config.initrd.as_deref())?;
         check_host_memory(config.memory_mib)?;
         let host = kvm::host()?;
         if config.vcpus as usize > host.max_vcpus {
@@ -78,9 +80,10 @@ impl Vm {
             source,
         })?);
 
-        let setup = device_manager::setup(&kvm_vm, &config, &run_state, t0)?;
+        let setup = device_manager::setup(&kvm_vm, &memory, &config, &run_state, t0)?;
         let entry = boot::load(
             &memory,
+            files,
             &BootSpec {
                 kernel: &config.kernel,
                 initrd: config.initrd.as_deref(),
@@ -234,6 +237,11 @@ impl Vm {
     /// `timeout` passes; returns the boot time if the marker came.
     pub fn wait_boot(&self, timeout: Option<Duration>) -> Option<BootTime> {
         self.run_state.wait_boot(timeout)
+    }
+
+    /// Counters of each disk, in config order.
+    pub fn disk_counters(&self) -> Vec<BlockCounters> {
+        self.devices.disks.iter().map(|m| m.snapshot()).collect()
     }
 
     /// Queues bytes on the guest's serial input; returns how many fitted.

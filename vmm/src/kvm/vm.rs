@@ -2,7 +2,7 @@
 //! ioeventfds.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Host, KvmError};
@@ -76,6 +76,14 @@ impl KvmVm {
         self.fd
             .register_irqfd(fd, gsi)
             .map_err(KvmError::ioctl("KVM_IRQFD"))
+    }
+
+    /// Makes a guest MMIO write of `value` at `addr` signal `fd` without
+    /// a VM exit.
+    pub fn register_mmio_ioevent(&self, fd: &EventFd, addr: u64, value: u32) -> Result<(), KvmError> {
+        self.fd
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), value)
+            .map_err(KvmError::ioctl("KVM_IOEVENTFD"))
     }
 
     pub fn create_vcpu(&self, id: u64) -> Result<VcpuFd, KvmError> {

@@ -47,6 +47,8 @@ pub const HIMEM_START: u64 = 0x100000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO gap.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// First virtio-mmio device window.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// LAPIC MMIO base.
@@ -55,6 +57,9 @@ pub const LAPIC_START: u64 = 0xfee0_0000;
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// KVM's identity-map page on Intel hosts, just below the TSS.
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// First IRQ for virtio devices (0-4 are the timer, keyboard, cascade,
+/// COM2 and COM1).
+pub const IRQ_BASE: u32 = 5;
 /// Last IOAPIC pin.
 pub const IRQ_MAX: u32 = 23;
 /// Largest number of vCPUs: APIC ids 0..=253, the IOAPIC takes the next one.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use hearth::{BootProtocol, SerialInput, SerialOutput, VmConfig};
+use hearth::{BootProtocol, DiskConfig, SerialInput, SerialOutput, VmConfig};
 
 /// Hearth: boot and run a microVM.
 #[derive(Debug, Parser)]
@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// Boot protocol: auto, linux or pvh.
     #[arg(long, value_name = "PROTO", value_parser = parse_protocol)]
     pub boot_protocol: Option<BootProtocol>,
+    /// A virtio-blk disk: PATH[,ro][,id=NAME]. Repeat for more disks.
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    pub disk: Vec<DiskConfig>,
     /// Create the legacy PIT (i8254).
     #[arg(long)]
     pub pit: bool,
@@ -63,6 +66,23 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
             _ => Err(format!("expected stdout, none or file:PATH, got {s:?}")),
         },
     }
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("expected PATH[,ro][,id=NAME]")?;
+    let mut disk = DiskConfig::file(path);
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => disk = disk.read_only(true),
+            Some(("id", id)) => disk = disk.id(id),
+            _ => return Err(format!("unknown disk option {opt:?}; expected ro or id=NAME")),
+        }
+    }
+    Ok(disk)
 }
 
 fn parse_protocol(s: &str) -> Result<BootProtocol, String> {
@@ -104,6 +124,9 @@ impl RunArgs {
             if let Some(i) = &c.initrd {
                 b = b.initrd(i);
             }
+            for d in &c.disks {
+                b = b.disk(d.clone());
+            }
         } else {
             b = b.serial_input(SerialInput::Stdin);
         }
@@ -127,6 +150,9 @@ impl RunArgs {
         }
         if self.pit {
             b = b.pit(true);
+        }
+        for d in &self.disk {
+            b = b.disk(d.clone());
         }
         Ok(b.build()?)
     }
@@ -182,6 +208,29 @@ mod tests {
             .unwrap_err();
         assert!(format!("{e:#}").contains("vcpus"), "{e:#}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn disk_specs() {
+        let c = run_args(&[
+            "--kernel",
+            "/k",
+            "--disk",
+            "/a.img",
+            "--disk",
+            "/b.img,ro,id=data",
+        ])
+        .to_config()
+        .unwrap();
+        assert_eq!(
+            c.disks,
+            vec![
+                DiskConfig::file("/a.img"),
+                DiskConfig::file("/b.img").read_only(true).id("data")
+            ]
+        );
+        assert!(Cli::try_parse_from(["hearth", "run", "--disk", "/a,rw"]).is_err());
+        assert!(Cli::try_parse_from(["hearth", "run", "--disk", ",ro"]).is_err());
     }
 
     #[test]

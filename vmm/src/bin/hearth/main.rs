@@ -37,14 +37,44 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line, skipping a cause whose text the
+/// message before it already contains.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "hearth: {} (see hearth --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(1);
+        }
+    };
     let result = match &cli.command {
         Command::Run(args) => run(args),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("hearth: error: {e:#}");
+        eprintln!("hearth: error: {}", one_line(&e));
         ExitCode::from(1)
     })
 }

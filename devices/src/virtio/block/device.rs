@@ -1,0 +1,191 @@
+//! The virtio-blk device: features, config space and activation.
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::backend::DiskBackend;
+use super::handler::{process_queue, RequestHandler};
+use super::metrics::BlockMetrics;
+use super::request::{Limits, SECTOR_SIZE};
+use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
+use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::GuestMemoryMmap;
+
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Data descriptors per request (seg_max).
+pub const SEG_MAX: u32 = 128;
+/// Largest data descriptor (size_max).
+pub const SIZE_MAX: u32 = 1 << 20;
+/// Discard/write-zeroes segments per request.
+pub const MAX_DISCARD_SEG: u32 = 16;
+/// Largest discard/write-zeroes range, in sectors (2 GiB).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// Size of the config space we expose.
+const CONFIG_LEN: usize = 60;
+
+/// How a block device presents itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// Offer VIRTIO_BLK_F_RO and refuse writes.
+    pub read_only: bool,
+    /// The GET_ID serial (up to 20 bytes).
+    pub id: String,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<VirtioInterrupt>,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_evts: [EventFd; 1],
+    pub(super) activate_evt: EventFd,
+    handler: RequestHandler,
+    active: Option<Active>,
+    metrics: Arc<BlockMetrics>,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("features", &format_args!("{:#x}", self.features))
+            .field("active", &self.active.is_some())
+            .finish()
+    }
+}
+
+fn config_space(capacity_sectors: u64) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
+    put(0, &capacity_sectors.to_le_bytes());
+    put(8, &SIZE_MAX.to_le_bytes());
+    put(12, &SEG_MAX.to_le_bytes());
+    put(20, &(SECTOR_SIZE as u32).to_le_bytes());
+    put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(40, &MAX_DISCARD_SEG.to_le_bytes());
+    put(44, &8u32.to_le_bytes()); // discard alignment: 4 KiB
+    put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(52, &MAX_DISCARD_SEG.to_le_bytes());
+    c[56] = 1; // write_zeroes_may_unmap
+    c
+}
+
+impl Block {
+    /// A device over `backend`.
+    pub fn new(backend: Box<dyn DiskBackend>, options: &BlockOptions) -> std::io::Result<Self> {
+        let capacity_sectors = backend.capacity() / SECTOR_SIZE;
+        let mut features = 1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH;
+        if options.read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        let limits = Limits {
+            capacity_sectors,
+            read_only: options.read_only,
+            max_segments: SEG_MAX as usize,
+            max_segment_len: SIZE_MAX,
+            max_discard_segments: MAX_DISCARD_SEG,
+            max_discard_sectors: MAX_DISCARD_SECTORS,
+        };
+        let metrics = Arc::new(BlockMetrics::default());
+        Ok(Self {
+            features,
+            config: config_space(capacity_sectors),
+            queue_evts: [EventFd::new(EFD_NONBLOCK)?],
+            activate_evt: EventFd::new(EFD_NONBLOCK)?,
+            handler: RequestHandler::new(backend, limits, &options.id, metrics.clone()),
+            active: None,
+            metrics,
+        })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Whether the driver activated the device.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Processes the request queue (the event loop calls this on a notify).
+    pub fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        match process_queue(&mut active.queue, &active.mem, &mut self.handler) {
+            Ok(true) => active.interrupt.signal_used_queue(),
+            Ok(false) => {}
+            Err(e) => {
+                log::warn!("virtio-blk: {e}; the device needs a reset");
+                active.interrupt.set_needs_reset();
+                self.active = None;
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let queue = ctx
+            .queues
+            .into_iter()
+            .next()
+            .ok_or(ActivateError::QueueNotReady(0))?;
+        if !queue.ready() {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queue,
+            interrupt: ctx.interrupt,
+        });
+        // Let the event loop start watching the queue.
+        let _ = self.activate_evt.write(1);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        let _ = self.activate_evt.write(1);
+    }
+}

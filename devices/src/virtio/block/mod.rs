@@ -1,0 +1,19 @@
+//! virtio-blk: a raw disk over virtio-mmio.
+//!
+//! - [`request`]: the pure parser of a request's descriptor chain;
+//! - [`backend`]: the storage trait, with file and memory backends;
+//! - [`handler`]: executing requests and the queue loop;
+//! - [`device`]: features, config space and activation;
+//! - `event_handler`: the event-loop subscriber;
+//! - [`metrics`]: counters of requests and bytes.
+
+pub mod backend;
+pub mod device;
+mod event_handler;
+pub mod handler;
+pub mod metrics;
+pub mod request;
+
+pub use backend::{DiskBackend, DiskError, FileDisk, MemoryDisk};
+pub use device::{Block, BlockOptions};
+pub use metrics::{BlockCounters, BlockMetrics};

@@ -1,0 +1,26 @@
+//! virtio over MMIO (virtio 1.2, MMIO version 2, modern devices only).
+//!
+//! - [`status`]: the device-status state machine, as an explicit table;
+//! - [`mmio`]: the MMIO register file a guest driver talks to;
+//! - [`device`]: the small trait a device implements for the transport;
+//! - [`interrupt`]: the interrupt-status register and its irq line.
+
+pub mod block;
+pub mod device;
+pub mod interrupt;
+pub mod mmio;
+pub mod status;
+
+pub use device::{ActivateContext, ActivateError, VirtioDevice};
+pub use interrupt::VirtioInterrupt;
+pub use mmio::MmioTransport;
+
+/// Feature bit: the device is a virtio 1.x (modern) device.
+pub const VIRTIO_F_VERSION_1: u32 = virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// Feature bit: used/avail event indices suppress notifications.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+/// Size of one device's MMIO window.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+/// Offset of the QueueNotify register, where ioeventfds attach.
+pub const NOTIFY_REG_OFFSET: u64 = 0x50;

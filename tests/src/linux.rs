@@ -1,0 +1,73 @@
+//! The Linux tier: our minimal kernel plus `hearth-init`.
+//!
+//! The guest artefacts are built outside the repository by
+//! `guest-kernel/build.sh` and `rootfs/build.sh` (cached by content hash);
+//! `.ci/run` exports their paths:
+//!
+//! - `HEARTH_VMLINUX`: the kernel;
+//! - `HEARTH_ROOTFS_DIR`: `initramfs.cpio` and `rootfs.ext4`.
+//!
+//! Set `HEARTH_SKIP_LINUX=1` to skip this tier locally (each test says so
+//! on stderr). When the tier is not skipped and the paths are missing,
+//! the tests fail: CI always runs this tier.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Linux boots take ~20 s of emulated kernel code on PVM hosts; allow for
+/// a loaded 2-core CI machine.
+pub const LINUX_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The command line the PVM platform notes recommend, minus the console.
+pub const LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nokaslr mitigations=off \
+tsc=reliable no_timer_check noxsave nopku nofsgsbase clearcpuid=cx16,rdrand,rdseed,smap,popcnt \
+nopv noreplace-smp quiet rodata=off";
+
+/// The Linux guest's files.
+#[derive(Debug, Clone)]
+pub struct LinuxGuest {
+    /// The kernel.
+    pub vmlinux: PathBuf,
+    /// Uncompressed initramfs with hearth-init as /init.
+    pub initramfs: PathBuf,
+    /// ext4 image with hearth-init as /sbin/init and busybox.
+    pub rootfs: PathBuf,
+}
+
+/// The guest files, or `None` (with a note on stderr) when the tier is
+/// skipped. Panics when the tier is on but the files are missing.
+pub fn guest(test: &str) -> Option<LinuxGuest> {
+    if std::env::var_os("HEARTH_SKIP_LINUX").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED {test}: HEARTH_SKIP_LINUX=1");
+        return None;
+    }
+    let var = |name: &str| -> PathBuf {
+        std::env::var_os(name).map(PathBuf::from).unwrap_or_else(|| {
+            panic!(
+                "{name} is not set: build the Linux guest with guest-kernel/build.sh and rootfs/build.sh \
+                 (.ci/run does), or set HEARTH_SKIP_LINUX=1 to skip the Linux tier"
+            )
+        })
+    };
+    let vmlinux = var("HEARTH_VMLINUX");
+    let dir = var("HEARTH_ROOTFS_DIR");
+    let g = LinuxGuest {
+        vmlinux,
+        initramfs: dir.join("initramfs.cpio"),
+        rootfs: dir.join("rootfs.ext4"),
+    };
+    for p in [&g.vmlinux, &g.initramfs, &g.rootfs] {
+        assert!(p.is_file(), "{} is missing", p.display());
+    }
+    Some(g)
+}
+
+/// True when the host's KVM is PVM (software virtualization), where SMP
+/// Linux guests are known to be unreliable.
+pub fn host_is_pvm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    !hw
+}
