@@ -92,6 +92,13 @@ void lapic_timer_oneshot_masked(uint32_t ns)
 	lapic_write(LAPIC_TIMER_INIT, ns);
 }
 
+void lapic_timer_free_running(void)
+{
+	lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | LVT_TIMER_PERIODIC | VEC_TIMER);
+	lapic_write(LAPIC_TIMER_DIV, TDCR_DIV1);
+	lapic_write(LAPIC_TIMER_INIT, 0xffffffffu);
+}
+
 uint32_t lapic_timer_current(void)
 {
 	return lapic_read(LAPIC_TIMER_CUR);

@@ -18,6 +18,8 @@ int lapic_start_ap(uint32_t apic_id, uint8_t sipi_vector);
 /* Timer, with 1 GHz base clock. */
 void lapic_timer_periodic(uint8_t vector, uint64_t period_ns);
 void lapic_timer_oneshot_masked(uint32_t ns); /* a deadline to poll */
+/* Masked, periodic from 0xffffffff: a free-running down-counter (1 ns). */
+void lapic_timer_free_running(void);
 uint32_t lapic_timer_current(void);
 
 #endif

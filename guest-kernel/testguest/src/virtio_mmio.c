@@ -53,7 +53,7 @@ int virtio_mmio_discover(struct virtio_mmio_dev *devs, int max)
 			continue;
 		d->device_id = 0;
 		d->offered = d->features = 0;
-		if (d->base + 0x1000 <= MAX_ADDR && !(d->base & 0xfff) &&
+		if (d->base + 0x1000 <= MAX_ADDR &&
 		    rd(d, VMMIO_MAGIC) == VMMIO_MAGIC_VALUE &&
 		    rd(d, VMMIO_VERSION) == 2)
 			d->device_id = rd(d, VMMIO_DEVICE_ID);

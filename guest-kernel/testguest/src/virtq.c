@@ -2,7 +2,6 @@
 #include "io.h"
 #include "lapic.h"
 #include "layout.h"
-#include "string.h"
 
 /* The device and the driver share the rings; x86 keeps stores in order and
  * loads in order, so only the compiler must not reorder (no fences: the
@@ -32,11 +31,15 @@ int virtq_init(struct virtq *q, uint16_t size)
 
 	if (!size || (size & (size - 1)) || !(mem = dma_alloc(bytes)))
 		return -1;
-	memset(mem, 0, bytes);
+	/* Only the ring headers need initial values (no EVENT_IDX fields):
+	 * everything else is written before the other side reads it. */
 	q->desc = (struct virtq_desc *)mem;
 	q->avail = (struct virtq_avail *)(mem + avail_off);
 	q->used = (volatile struct virtq_used *)(mem + used_off);
 	q->avail->flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
+	q->avail->idx = 0;
+	q->used->flags = 0;
+	q->used->idx = 0;
 	q->notify = 0;
 	q->index = 0;
 	q->size = size;
@@ -49,30 +52,38 @@ int virtq_init(struct virtq *q, uint16_t size)
 	return 0;
 }
 
+static void post(struct virtq *q, uint16_t head)
+{
+	q->avail->ring[q->avail_idx & (q->size - 1)] = head;
+	barrier(); /* ring entry before idx */
+	*(volatile uint16_t *)&q->avail->idx = ++q->avail_idx;
+}
+
 int virtq_submit(struct virtq *q, const struct virtq_buf *bufs, unsigned n)
 {
-	uint16_t head = q->free_head, i = head, last = head;
+	struct virtq_desc *d = NULL;
+	uint16_t head = q->free_head, i = head;
 
 	if (!n || n > q->num_free)
 		return -1;
+	q->num_free = (uint16_t)(q->num_free - n);
 	/* Free descriptors are already linked through .next: take n of them. */
-	for (unsigned k = 0; k < n; k++) {
-		struct virtq_desc *d = &q->desc[i];
-		d->addr = (uint64_t)bufs[k].addr;
-		d->len = bufs[k].len;
-		d->flags = (uint16_t)((bufs[k].writable ? VIRTQ_DESC_F_WRITE : 0) |
-				      (k + 1 < n ? VIRTQ_DESC_F_NEXT : 0));
-		last = i;
+	for (const struct virtq_buf *b = bufs; b < bufs + n; b++) {
+		d = &q->desc[i];
+		d->addr = (uint64_t)b->addr;
+		d->len = b->len;
+		d->flags = b->flags | VIRTQ_DESC_F_NEXT;
 		i = d->next;
 	}
-	q->free_head = q->desc[last].next;
-	q->num_free = (uint16_t)(q->num_free - n);
-
-	q->avail->ring[q->avail_idx & (q->size - 1)] = head;
-	barrier(); /* ring entry before idx */
-	q->avail_idx++;
-	*(volatile uint16_t *)&q->avail->idx = q->avail_idx;
+	d->flags &= (uint16_t)~VIRTQ_DESC_F_NEXT;
+	q->free_head = i;
+	post(q, head);
 	return head;
+}
+
+void virtq_repost(struct virtq *q, uint16_t head)
+{
+	post(q, head);
 }
 
 void virtq_notify(const struct virtq *q)
@@ -83,44 +94,71 @@ void virtq_notify(const struct virtq *q)
 
 int virtq_poll(struct virtq *q, uint32_t *len)
 {
-	uint16_t i, n = 1;
-
 	if (q->used->idx == q->last_used)
 		return -1;
 	barrier(); /* idx before the element */
-	struct virtq_used_elem e = q->used->ring[q->last_used & (q->size - 1)];
-	q->last_used++;
+	struct virtq_used_elem e = q->used->ring[q->last_used++ & (q->size - 1)];
 	if (e.id >= q->size)
 		return -1; /* a broken device; the chain is lost */
 	*len = e.len;
-	for (i = (uint16_t)e.id; q->desc[i].flags & VIRTQ_DESC_F_NEXT; n++)
+	return (int)e.id;
+}
+
+void virtq_free(struct virtq *q, uint16_t head)
+{
+	uint16_t i = head, n = 1;
+
+	for (; q->desc[i].flags & VIRTQ_DESC_F_NEXT; n++)
 		i = q->desc[i].next;
 	q->desc[i].next = q->free_head;
-	q->free_head = (uint16_t)e.id;
+	q->free_head = head;
 	q->num_free = (uint16_t)(q->num_free + n);
-	return (int)e.id;
+}
+
+/*
+ * Time base for the bounded waits: the LAPIC timer, masked, periodic from
+ * 0xffffffff at 1 GHz, used as a free-running down-counter (programmed on
+ * the first wait). Elapsed time is start - now modulo 2^32, exact while
+ * clock reads are less than ~4.29 s apart.
+ */
+static int clock_running;
+
+static uint32_t clock_now(void)
+{
+	if (!clock_running) {
+		clock_running = 1;
+		lapic_timer_free_running();
+	}
+	return lapic_timer_current();
 }
 
 int virtq_wait(struct virtq *q, uint32_t timeout_ns, uint32_t *len)
 {
-	int id = virtq_poll(q, len);
+	uint32_t start = 0, now;
 
-	if (id >= 0)
-		return id;
-	lapic_timer_oneshot_masked(timeout_ns);
-	for (;;) {
-		if ((id = virtq_poll(q, len)) >= 0 || !lapic_timer_current())
-			return id;
+	/* Spin on the used index; look at the clock every 16th turn (the
+	 * bound starts at turn 16: a fast device never costs a clock read). */
+	for (unsigned n = 1; q->used->idx == q->last_used; n++) {
+		if (n % 16)
+			continue;
+		now = clock_now();
+		if (n == 16)
+			start = now;
+		else if (start - now >= timeout_ns)
+			return -1;
 	}
+	return virtq_poll(q, len);
 }
 
 int virtq_run(struct virtq *q, const struct virtq_buf *bufs, unsigned n,
 	      uint32_t timeout_ns, uint32_t *len)
 {
-	int head = virtq_submit(q, bufs, n);
+	int head = virtq_submit(q, bufs, n), id;
 
 	if (head < 0)
 		return -1;
 	virtq_notify(q);
-	return virtq_wait(q, timeout_ns, len) == head ? 0 : -1;
+	if ((id = virtq_wait(q, timeout_ns, len)) >= 0)
+		virtq_free(q, (uint16_t)id);
+	return id == head ? 0 : -1;
 }

@@ -1,25 +1,32 @@
 /*
  * Split virtqueue (virtio 1.2 section 2.7), driver side, polled.
  *
- *   virtq_init()     rings from dma_alloc(), zeroed, all descriptors free;
+ *   virtq_init()     rings from dma_alloc(), all descriptors free;
  *                    the device is asked not to interrupt
  *                    (VRING_AVAIL_F_NO_INTERRUPT; RING_EVENT_IDX is not
  *                    supported). virtio_mmio_setup_queue() then hands the
  *                    rings to the device and fills in notify/index.
- *   virtq_submit()   one chain of buffers -> head id (or -1: no room);
- *                    the chain is made available, not notified.
- *   virtq_notify()   QueueNotify (one MMIO write: an ioeventfd, no exit to
- *                    the VMM's user space).
- *   virtq_poll()     next used element, if any: its head id (its chain's
- *                    descriptors are freed) and *len; -1 if none.
- *   virtq_wait()     virtq_poll() until something is used, bounded by a
- *                    one-shot masked LAPIC timer (1 GHz, so at most ~4.29 s);
- *                    -1 on timeout. It owns the LAPIC timer while it waits.
- *   virtq_run()      submit + notify + wait for that same chain; 0, or -1
- *                    (no room, timeout, or another chain completed).
+ *   virtq_submit()   writes one chain of buffers into free descriptors and
+ *                    makes it available (no notify) -> head id, or -1 if
+ *                    there are not enough free descriptors.
+ *   virtq_notify()   QueueNotify (one MMIO write; an ioeventfd in the VMM).
+ *   virtq_poll()     next used element, if any: its head id and *len; -1 if
+ *                    none. The chain stays the caller's: virtq_free() it,
+ *                    or virtq_repost() it.
+ *   virtq_repost()   makes a used chain available again as it is (same
+ *                    buffers; their contents may have changed): no
+ *                    descriptor writes, e.g. for receive buffers or a
+ *                    repeated request.
+ *   virtq_free()     returns a used chain's descriptors.
+ *   virtq_wait()     spins until something is used, then virtq_poll();
+ *                    -1 after timeout_ns (LAPIC timer as a free-running
+ *                    1 GHz clock, so at most ~4.29 s; virtq owns the LAPIC
+ *                    timer from the first wait on).
+ *   virtq_run()      submit + notify + wait + free, for one request at a
+ *                    time: 0, or -1 (no room, timeout, another chain).
  *
- * Several chains may be outstanding (e.g. receive buffers); completions
- * come back in the device's order with their head ids.
+ * Several chains may be outstanding; completions come back in the
+ * device's order, identified by their head ids.
  */
 #ifndef TG_VIRTQ_H
 #define TG_VIRTQ_H
@@ -74,7 +81,7 @@ struct virtq {
 struct virtq_buf {
 	const void *addr;    /* guest physical = virtual (identity map) */
 	uint32_t len;
-	uint32_t writable;   /* nonzero: the device writes it */
+	uint16_t flags;      /* VIRTQ_DESC_F_WRITE if the device writes it */
 };
 
 /* Page-aligned memory from a static pool (never freed; not zeroed);
@@ -84,7 +91,9 @@ void *dma_alloc(size_t bytes);
 int virtq_init(struct virtq *q, uint16_t size); /* 0, or -1 */
 int virtq_submit(struct virtq *q, const struct virtq_buf *bufs, unsigned n);
 void virtq_notify(const struct virtq *q);
+void virtq_repost(struct virtq *q, uint16_t head);
 int virtq_poll(struct virtq *q, uint32_t *len);
+void virtq_free(struct virtq *q, uint16_t head);
 int virtq_wait(struct virtq *q, uint32_t timeout_ns, uint32_t *len);
 int virtq_run(struct virtq *q, const struct virtq_buf *bufs, unsigned n,
 	      uint32_t timeout_ns, uint32_t *len);

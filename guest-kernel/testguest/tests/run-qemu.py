@@ -9,6 +9,9 @@ Two boot paths:
            64-bit boot protocol state and jumps to the bzImage payload
            (loaded at 0x100000 with -device loader) at 0x100200.
 
+blk runs on QEMU's microvm machine (virtio-mmio, modern, plus an i8042 for
+the reset) against QEMU's own virtio-blk.
+
 SeaBIOS lists one MP-table processor entry per socket, so SMP runs use
 -smp N,sockets=N. Ends with the line "N passed, N failed".
 
@@ -195,6 +198,48 @@ def expect_short_hello(r, path, max_insns):
     return fn
 
 
+def expect_blk(r):
+    """blk against QEMU's virtio-blk (microvm: virtio-mmio transports at
+    0xfeb00000 + 512 * i, filled from the top, listed here top first), then
+    the written pattern on the host side."""
+    def fn():
+        with tempfile.TemporaryDirectory() as d:
+            rw, ro = os.path.join(d, "rw.img"), os.path.join(d, "ro.img")
+            with open(rw, "wb") as f:
+                f.write(b"HEARTH-SECTOR-0!")
+                f.truncate(64 << 20)
+            with open(ro, "wb") as f:
+                f.truncate(1 << 20)
+            tokens = " ".join(f"virtio_mmio.device=512@{0xfeb00000 + i * 512:#x}:{5 + i}"
+                              for i in range(23, 15, -1))
+            cmd = [r.qemu, "-M", "microvm", "-m", "128", "-display", "none",
+                   "-monitor", "none", "-serial", "stdio", "-no-reboot",
+                   "-device", "i8042"] + r.accel_args + [
+                   "-kernel", r.elf, "-append",
+                   f"tg.scenario=blk tg.blk.bench=20 {tokens}",
+                   "-global", "virtio-mmio.force-legacy=false",
+                   "-drive", f"id=rw,file={rw},format=raw,if=none",
+                   "-device", "virtio-blk-device,drive=rw,serial=tg-qemu",
+                   "-drive", f"id=ro,file={ro},format=raw,if=none,readonly=on",
+                   "-device", "virtio-blk-device,drive=ro"]
+            p = subprocess.run(cmd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=30 + r.boot_s)
+            want = ("BLK-CAPACITY 131072\n"
+                    "BLK-SECTOR0 4845415254482d534543544f522d3021\n"
+                    "BLK-ID tg-qemu\nBLK-WRITE-OK sector=8 count=8\n"
+                    "BLK-OOR-IOERR\nBLK-RO-REFUSED\nBLK-BENCH-START\n"
+                    "BLK-BENCH-END 20\nBLK-OK\n")
+            text = p.stdout.decode(errors="replace")
+            if text != want:
+                raise AssertionError(f"got {text!r} {p.stderr!r}")
+            with open(rw, "rb") as f:
+                f.seek(8 * 512)
+                data = f.read(8 * 512)
+            if data != bytes((i * 31 + 7) & 0xFF for i in range(8 * 512)):
+                raise AssertionError("pattern not on the disk image")
+    return fn
+
+
 def check_bzimage(r):
     def fn():
         d = open(r.bz, "rb").read()
@@ -304,6 +349,7 @@ def main():
         r, p, "x=" + "y" * (4088 - 2 - 17) + " tg.scenario=hello",
         "TG-ERROR unknown scenario hell\n"))
     r.check("pvh/counter-period", expect_counter(r, p, 250, 3, 4))
+    r.check("microvm/blk", expect_blk(r))
 
     print(f"{r.passed} passed, {r.failed} failed")
     return 1 if r.failed else 0
