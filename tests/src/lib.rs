@@ -15,7 +15,7 @@ pub mod linux;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hearth::{BootProtocol, ExitReason, SerialBuffer, SerialOutput, Vm, VmConfig};
+use hearth::{BootProtocol, DiskConfig, ExitReason, SerialBuffer, SerialOutput, Vm, VmConfig};
 
 /// The test guest's ELF form.
 pub fn testguest() -> PathBuf {
@@ -49,6 +49,7 @@ pub struct TestVmBuilder {
     memory_mib: u64,
     protocol: BootProtocol,
     pit: bool,
+    disks: Vec<DiskConfig>,
 }
 
 impl TestVmBuilder {
@@ -83,6 +84,11 @@ impl TestVmBuilder {
         self.cmdline.push_str(a);
         self
     }
+    /// Adds a disk.
+    pub fn disk(mut self, d: DiskConfig) -> Self {
+        self.disks.push(d);
+        self
+    }
     /// Creates the PIT.
     pub fn pit(mut self, pit: bool) -> Self {
         self.pit = pit;
@@ -99,6 +105,9 @@ impl TestVmBuilder {
             .serial(SerialOutput::Buffer(console.clone()));
         if let Some(i) = &self.initrd {
             b = b.initrd(i);
+        }
+        for d in &self.disks {
+            b = b.disk(d.clone());
         }
         b.build().expect("valid test config")
     }
@@ -121,6 +130,7 @@ impl TestVm {
             memory_mib: 64,
             protocol: BootProtocol::Auto,
             pit: false,
+            disks: Vec::new(),
         }
     }
 
@@ -134,6 +144,7 @@ impl TestVm {
             memory_mib: 128,
             protocol: BootProtocol::Auto,
             pit: false,
+            disks: Vec::new(),
         }
     }
 

@@ -18,10 +18,26 @@ use std::time::Duration;
 /// a loaded 2-core CI machine.
 pub const LINUX_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The command line the PVM platform notes recommend, minus the console.
+/// The guest command line for PVM hosts (docs in PLATFORM notes), plus:
+///
+/// - `nopv`: no paravirtual features. KVM's PV IPIs use `vmcall`, which
+///   PVM's instruction emulator cannot execute, so an SMP guest hangs at
+///   the first IPI without it. With `nopv` there is no kvm-clock, so the
+///   guest calibrates its TSC with the PIT: Linux-tier VMs enable it
+///   ([`linux_vm`]).
+/// - `lpj=4005`: our kernel runs at HZ=100; a preset skips the delay-loop
+///   calibration, which is slow when kernel code is emulated.
 pub const LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nokaslr mitigations=off \
 tsc=reliable no_timer_check noxsave nopku nofsgsbase clearcpuid=cx16,rdrand,rdseed,smap,popcnt \
-nopv noreplace-smp quiet rodata=off";
+nopv noreplace-smp lpj=4005 quiet rodata=off";
+
+/// A Linux-tier VM: our kernel with `extra` appended to [`LINUX_CMDLINE`],
+/// the PIT on, 128 MiB.
+pub fn linux_vm(g: &LinuxGuest, extra: &str) -> crate::TestVmBuilder {
+    crate::TestVm::kernel(g.vmlinux.clone(), &format!("{LINUX_CMDLINE} {extra}"))
+        .pit(true)
+        .memory_mib(128)
+}
 
 /// The Linux guest's files.
 #[derive(Debug, Clone)]

@@ -221,6 +221,48 @@ fn bad_json_config_names_the_field() {
 }
 
 #[test]
+fn bad_disks() {
+    let k = testguest();
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--disk", "/nonexistent.img"]),
+        "cannot open disk /nonexistent.img",
+    );
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--disk", "/tmp"]),
+        "not a regular file or block device",
+    );
+    let odd = tmp("odd.img");
+    std::fs::write(&odd, vec![0u8; 1000]).unwrap();
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--disk", odd.to_str().unwrap()]),
+        "not a multiple of 512",
+    );
+    let ro = tmp("ro.img");
+    std::fs::write(&ro, vec![0u8; 4096]).unwrap();
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--disk", ro.to_str().unwrap()]),
+        "is read-only",
+    );
+    let long_id = format!("{},id={}", ro.display(), "x".repeat(21));
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--disk", &long_id]),
+        "longer than 20 bytes",
+    );
+    // The same read-only file attached read-only boots.
+    let o = run(&[
+        "run",
+        "--kernel",
+        &k,
+        "--cmdline",
+        "tg.scenario=hello",
+        "--disk",
+        &format!("{},ro", ro.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
 fn dev_kvm_missing() {
     if !is_root() {
         eprintln!("SKIPPED dev_kvm_missing: needs root for a private mount namespace");
