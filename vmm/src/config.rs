@@ -113,6 +113,9 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// The vsock entry is invalid.
+    #[error("vsock: {0}")]
+    Vsock(String),
     /// The JSON did not parse; the message starts with the field's path.
     #[error("invalid config: {0}")]
     Json(String),
@@ -169,6 +172,31 @@ pub struct VmConfig {
     /// virtio-blk disks, in order (the first is /dev/vda).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-vsock device with a Firecracker-compatible host side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
+}
+
+/// The vsock device: the guest's CID and the host Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+    /// Host clients connect here and write `CONNECT <port>\n`; guest
+    /// connections to host port P go to `<uds_path>_<P>`.
+    pub uds_path: PathBuf,
+}
+
+impl VsockConfig {
+    /// A vsock device for guest `guest_cid` listening on `uds_path`.
+    pub fn new(guest_cid: u64, uds_path: impl Into<PathBuf>) -> Self {
+        Self {
+            guest_cid,
+            uds_path: uds_path.into(),
+        }
+    }
 }
 
 impl VmConfig {
@@ -187,6 +215,7 @@ impl VmConfig {
                 pit: false,
                 memory_backing: MemoryBacking::default(),
                 disks: Vec::new(),
+                vsock: None,
             },
         }
     }
@@ -238,6 +267,18 @@ impl VmConfig {
         }
         for (index, disk) in self.disks.iter().enumerate() {
             disk.validate().map_err(|why| ConfigError::Disk { index, why })?;
+        }
+        if let Some(v) = &self.vsock {
+            if !(3..=u64::from(u32::MAX)).contains(&v.guest_cid) {
+                return Err(ConfigError::Vsock(format!(
+                    "guest_cid must be from 3 to {}, got {}",
+                    u32::MAX,
+                    v.guest_cid
+                )));
+            }
+            if v.uds_path.as_os_str().is_empty() {
+                return Err(ConfigError::Vsock("uds_path must be set".into()));
+            }
         }
         validate_cmdline(&self.cmdline)
     }
@@ -344,6 +385,11 @@ impl VmConfigBuilder {
     /// Adds a disk.
     pub fn disk(mut self, disk: DiskConfig) -> Self {
         self.config.disks.push(disk);
+        self
+    }
+    /// Adds a vsock device.
+    pub fn vsock(mut self, vsock: VsockConfig) -> Self {
+        self.config.vsock = Some(vsock);
         self
     }
     /// Validates and returns the config.

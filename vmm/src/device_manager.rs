@@ -14,6 +14,7 @@ use hearth_devices::legacy::i8042::{I8042_PORT, I8042_PORT_LEN};
 use hearth_devices::legacy::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use hearth_devices::legacy::{BootTimer, Cmos, SerialDevice, SerialInput, BOOT_TIMER_PORT, I8042};
 use hearth_devices::virtio::block::{Block, BlockMetrics, BlockOptions, DiskError};
+use hearth_devices::virtio::vsock::{Vsock, VsockError};
 use hearth_devices::virtio::{
     MmioTransport, VirtioDevice, VirtioInterrupt, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET,
 };
@@ -64,6 +65,9 @@ pub enum DeviceError {
         /// The error.
         source: io::Error,
     },
+    /// The vsock device could not be created.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// More virtio devices than IRQs.
     #[error("too many virtio devices: at most {0}")]
     TooManyDevices(u32),
@@ -228,6 +232,11 @@ pub(crate) fn setup(
         let block = Block::new(disk.open()?, &options).map_err(DeviceError::EventFd)?;
         disks.push(block.metrics());
         b.add_virtio(Arc::new(Mutex::new(block)))?;
+    }
+
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(v.guest_cid, &v.uds_path)?;
+        b.add_virtio(Arc::new(Mutex::new(vsock)))?;
     }
 
     Ok(DeviceSetup {

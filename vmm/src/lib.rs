@@ -26,6 +26,7 @@
 //! The library never exits the process and never installs a logger; it
 //! logs through the `log` crate.
 
+mod agent;
 mod arch;
 mod boot;
 mod config;
@@ -38,11 +39,13 @@ mod kvm;
 mod memory;
 mod serial_output;
 mod vm;
+mod vsock;
 
+pub use agent::{command, AgentClient, AgentError, Exec, ExecOutput, DEFAULT_AGENT_PORT};
 pub use boot::BootError;
 pub use config::{
     BootProtocol, ConfigError, DiskConfig, DiskFactory, MemoryBacking, SerialInput, SerialOutput, VmConfig,
-    VmConfigBuilder, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    VmConfigBuilder, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 pub use device_manager::DeviceError;
 pub use error::Error;
@@ -54,6 +57,7 @@ pub use kvm::KvmError;
 pub use memory::MemoryError;
 pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
 pub use vm::Vm;
+pub use vsock::VsockConnectError;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! The public handle of a running VM.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use hearth_devices::legacy::boot_timer::process_cpu_time;
 use hearth_devices::legacy::BootTime;
 use hearth_devices::virtio::block::BlockCounters;
 
+use crate::agent::{self, AgentClient, AgentError, ExecOutput, DEFAULT_AGENT_PORT};
 use crate::boot::{self, BootFiles, BootSpec};
 use crate::config::{check_host_memory, VmConfig};
 use crate::device_manager::{self, Devices};
@@ -18,6 +20,7 @@ use crate::kvm::vcpu::{Vcpu, VcpuHandle, VcpuRequest, VcpuResponse};
 use crate::kvm::vm::KvmVm;
 use crate::kvm::{self, kick, KvmError};
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
+use crate::vsock::{self, VsockConnectError};
 
 /// A running microVM.
 ///
@@ -242,6 +245,45 @@ impl Vm {
     /// Counters of each disk, in config order.
     pub fn disk_counters(&self) -> Vec<BlockCounters> {
         self.devices.disks.iter().map(|m| m.snapshot()).collect()
+    }
+
+    /// Connects to guest vsock port `port` (host-initiated), returning the
+    /// byte stream. Uses the VM's Unix socket, like any external client.
+    pub fn vsock_connect(&self, port: u32) -> Result<UnixStream, VsockConnectError> {
+        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
+        vsock::connect(&v.uds_path, port)
+    }
+
+    /// Accepts guest connections to host port `port` (the guest connects
+    /// to CID 2, port `port`). The listener lives at `<uds_path>_<port>`.
+    pub fn vsock_listen(&self, port: u32) -> Result<UnixListener, VsockConnectError> {
+        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
+        vsock::listen(&v.uds_path, port).map_err(|source| VsockConnectError::Socket {
+            path: v.uds_path.clone(),
+            source,
+        })
+    }
+
+    /// A client for the guest agent on its default vsock port.
+    pub fn agent(&self) -> Result<AgentClient, VsockConnectError> {
+        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
+        Ok(AgentClient::new(&v.uds_path, DEFAULT_AGENT_PORT))
+    }
+
+    /// Runs a command in the guest through its agent (e.g.
+    /// `vm.exec(&["uname", "-a"])`).
+    pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> Result<ExecOutput, AgentError> {
+        self.agent()?.exec(&agent::command(argv))
+    }
+
+    /// Writes a file in the guest through its agent.
+    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), AgentError> {
+        self.agent()?.write_file(path, data, mode)
+    }
+
+    /// Reads a file from the guest through its agent.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
+        self.agent()?.read_file(path)
     }
 
     /// Queues bytes on the guest's serial input; returns how many fitted.

@@ -10,6 +10,7 @@ pub mod device;
 pub mod interrupt;
 pub mod mmio;
 pub mod status;
+pub mod vsock;
 
 pub use device::{ActivateContext, ActivateError, VirtioDevice};
 pub use interrupt::VirtioInterrupt;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use hearth::{BootProtocol, DiskConfig, SerialInput, SerialOutput, VmConfig};
+use hearth::{BootProtocol, DiskConfig, SerialInput, SerialOutput, VmConfig, VsockConfig};
 
 /// Hearth: boot and run a microVM.
 #[derive(Debug, Parser)]
@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// A virtio-blk disk: PATH[,ro][,id=NAME]. Repeat for more disks.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
+    /// A virtio-vsock device: cid=N,uds=PATH (Firecracker-compatible host side).
+    #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
+    pub vsock: Option<VsockConfig>,
     /// Create the legacy PIT (i8254).
     #[arg(long)]
     pub pit: bool,
@@ -83,6 +86,21 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         }
     }
     Ok(disk)
+}
+
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("cid", v)) => cid = Some(v.parse::<u64>().map_err(|_| format!("bad cid {v:?}"))?),
+            Some(("uds", v)) if !v.is_empty() => uds = Some(v.to_string()),
+            _ => return Err(format!("unknown vsock option {opt:?}; expected cid=N,uds=PATH")),
+        }
+    }
+    match (cid, uds) {
+        (Some(cid), Some(uds)) => Ok(VsockConfig::new(cid, uds)),
+        _ => Err("expected cid=N,uds=PATH".into()),
+    }
 }
 
 fn parse_protocol(s: &str) -> Result<BootProtocol, String> {
@@ -127,6 +145,9 @@ impl RunArgs {
             for d in &c.disks {
                 b = b.disk(d.clone());
             }
+            if let Some(v) = &c.vsock {
+                b = b.vsock(v.clone());
+            }
         } else {
             b = b.serial_input(SerialInput::Stdin);
         }
@@ -153,6 +174,9 @@ impl RunArgs {
         }
         for d in &self.disk {
             b = b.disk(d.clone());
+        }
+        if let Some(v) = &self.vsock {
+            b = b.vsock(v.clone());
         }
         Ok(b.build()?)
     }
@@ -231,6 +255,20 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["hearth", "run", "--disk", "/a,rw"]).is_err());
         assert!(Cli::try_parse_from(["hearth", "run", "--disk", ",ro"]).is_err());
+    }
+
+    #[test]
+    fn vsock_spec() {
+        let c = run_args(&["--kernel", "/k", "--vsock", "cid=5,uds=/tmp/v.sock"])
+            .to_config()
+            .unwrap();
+        assert_eq!(c.vsock, Some(VsockConfig::new(5, "/tmp/v.sock")));
+        assert!(Cli::try_parse_from(["hearth", "run", "--vsock", "cid=5"]).is_err());
+        assert!(Cli::try_parse_from(["hearth", "run", "--vsock", "cid=x,uds=/a"]).is_err());
+        let e = run_args(&["--kernel", "/k", "--vsock", "cid=2,uds=/a"])
+            .to_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("guest_cid must be from 3"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,512 @@
+//! The vsock device driven through real virtqueues in guest memory and
+//! real Unix sockets.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::EventSet;
+
+use super::defs::*;
+use super::device::Vsock;
+use crate::interrupt::test_utils::CountingIrq;
+use crate::virtio::device::{ActivateContext, VirtioDevice};
+use crate::virtio::VirtioInterrupt;
+use crate::GuestMemoryMmap;
+
+const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+const CID: u64 = 3;
+const QSIZE: u16 = 64;
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    dev: Vsock,
+    path: PathBuf,
+    rx: MockSplitQueue<'static, GuestMemoryMmap>,
+    tx: MockSplitQueue<'static, GuestMemoryMmap>,
+    rx_next: u16,
+    tx_next: u16,
+    rx_used_seen: u16,
+    buf_next: u64,
+}
+
+fn tmp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hearth-vsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+    RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+}
+
+impl Rig {
+    fn new(name: &str) -> Self {
+        // Leaked so the mock queues can borrow it for 'static.
+        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap(),
+        ));
+        let path = tmp_path(name);
+        let mut dev = Vsock::new(CID, &path).unwrap();
+        let rx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), QSIZE);
+        let tx = MockSplitQueue::create(mem, GuestAddress(0x2_0000), QSIZE);
+        let ev = MockSplitQueue::create(mem, GuestAddress(0x3_0000), QSIZE);
+        let queues: Vec<Queue> = vec![
+            rx.create_queue().unwrap(),
+            tx.create_queue().unwrap(),
+            ev.create_queue().unwrap(),
+        ];
+        dev.activate(ActivateContext {
+            mem: mem.clone(),
+            queues,
+            interrupt: Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default()))),
+            acked_features: 1 << 32,
+        })
+        .unwrap();
+        Self {
+            mem: mem.clone(),
+            dev,
+            path,
+            rx,
+            tx,
+            rx_next: 0,
+            tx_next: 0,
+            rx_used_seen: 0,
+            buf_next: 0x10_0000,
+        }
+    }
+
+    fn alloc(&mut self, len: u64) -> u64 {
+        let a = self.buf_next;
+        self.buf_next += (len + 0xfff) & !0xfff;
+        a
+    }
+
+    fn header_bytes(h: &Header) -> Vec<u8> {
+        let mut b = Vec::with_capacity(44);
+        b.extend_from_slice(&h.src_cid.to_le_bytes());
+        b.extend_from_slice(&h.dst_cid.to_le_bytes());
+        b.extend_from_slice(&h.src_port.to_le_bytes());
+        b.extend_from_slice(&h.dst_port.to_le_bytes());
+        b.extend_from_slice(&h.len.to_le_bytes());
+        b.extend_from_slice(&h.type_.to_le_bytes());
+        b.extend_from_slice(&h.op.to_le_bytes());
+        b.extend_from_slice(&h.flags.to_le_bytes());
+        b.extend_from_slice(&h.buf_alloc.to_le_bytes());
+        b.extend_from_slice(&h.fwd_cnt.to_le_bytes());
+        b
+    }
+
+    /// The guest sends a packet (header and data in separate descriptors,
+    /// as Linux 6.1 does); `desc_len` overrides the data descriptor length.
+    fn send_raw(&mut self, h: &Header, data: &[u8], desc_len: Option<u32>) {
+        let ha = self.alloc(44);
+        self.mem
+            .write_slice(&Self::header_bytes(h), GuestAddress(ha))
+            .unwrap();
+        let i = self.tx_next;
+        let descs = if data.is_empty() && desc_len.is_none() {
+            vec![raw(ha, 44, 0, 0)]
+        } else {
+            let da = self.alloc(data.len().max(1) as u64);
+            self.mem.write_slice(data, GuestAddress(da)).unwrap();
+            vec![
+                raw(ha, 44, NEXT, i + 1),
+                raw(da, desc_len.unwrap_or(data.len() as u32), 0, 0),
+            ]
+        };
+        self.tx.add_desc_chains(&descs, i).unwrap();
+        self.tx_next += descs.len() as u16;
+        self.dev.process_tx();
+        self.dev.process_rx();
+    }
+
+    fn send(&mut self, op: u16, src_port: u32, dst_port: u32, data: &[u8], fwd_cnt: u32) {
+        let h = Header {
+            src_cid: CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len: data.len() as u32,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 1 << 16,
+            fwd_cnt,
+        };
+        self.send_raw(&h, data, None);
+    }
+
+    fn shutdown(&mut self, src_port: u32, dst_port: u32, flags: u32) {
+        let h = Header {
+            src_cid: CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            type_: TYPE_STREAM,
+            op: op::SHUTDOWN,
+            flags,
+            buf_alloc: 1 << 16,
+            ..Header::default()
+        };
+        self.send_raw(&h, &[], None);
+    }
+
+    /// Posts rx buffers (header + 4 KiB data), as Linux 6.1 does.
+    fn post_rx(&mut self, n: u16) {
+        for _ in 0..n {
+            let ha = self.alloc(44);
+            let da = self.alloc(4096);
+            let i = self.rx_next;
+            self.rx
+                .add_desc_chains(&[raw(ha, 44, WRITE | NEXT, i + 1), raw(da, 4096, WRITE, 0)], i)
+                .unwrap();
+            self.rx_next += 2;
+        }
+        self.dev.process_rx();
+    }
+
+    /// Drives every watched fd, then fills rx buffers.
+    fn pump(&mut self) {
+        for _ in 0..3 {
+            for fd in self.dev.muxer.watched_fds() {
+                self.dev.muxer.on_fd_event(fd, EventSet::IN | EventSet::OUT);
+            }
+            self.dev.process_rx();
+            self.dev.muxer.take_watch_changes();
+            self.dev.muxer.release_closed();
+        }
+    }
+
+    /// Packets the device put in the rx ring since the last call.
+    fn received(&mut self) -> Vec<(Header, Vec<u8>)> {
+        let used = self.rx.used();
+        let idx = used.idx().load();
+        let mut out = Vec::new();
+        while self.rx_used_seen != idx {
+            let e = used
+                .ring()
+                .ref_at(usize::from(self.rx_used_seen % QSIZE))
+                .unwrap()
+                .load();
+            self.rx_used_seen = self.rx_used_seen.wrapping_add(1);
+            let head = self.rx.desc_table().load(e.id() as u16).unwrap();
+            let head = Descriptor::from(head);
+            let mut hb = [0u8; 44];
+            self.mem.read_slice(&mut hb, head.addr()).unwrap();
+            let u32_at = |o: usize| u32::from_le_bytes(hb[o..o + 4].try_into().unwrap());
+            let h = Header {
+                src_cid: u64::from_le_bytes(hb[0..8].try_into().unwrap()),
+                dst_cid: u64::from_le_bytes(hb[8..16].try_into().unwrap()),
+                src_port: u32_at(16),
+                dst_port: u32_at(20),
+                len: u32_at(24),
+                type_: u16::from_le_bytes([hb[28], hb[29]]),
+                op: u16::from_le_bytes([hb[30], hb[31]]),
+                flags: u32_at(32),
+                buf_alloc: u32_at(36),
+                fwd_cnt: u32_at(40),
+            };
+            let data_desc = Descriptor::from(self.rx.desc_table().load(head.next()).unwrap());
+            let mut data = vec![0u8; h.len as usize];
+            self.mem.read_slice(&mut data, data_desc.addr()).unwrap();
+            assert_eq!(e.len(), 44 + h.len, "used length covers header and data");
+            out.push((h, data));
+        }
+        out
+    }
+
+    fn ops(&mut self) -> Vec<u16> {
+        self.received().iter().map(|(h, _)| h.op).collect()
+    }
+
+    fn connect_host(&mut self, port: u32) -> (UnixStream, u32) {
+        let mut c = UnixStream::connect(&self.path).unwrap();
+        writeln!(c, "CONNECT {port}").unwrap();
+        self.pump();
+        let pkts = self.received();
+        let req = pkts
+            .iter()
+            .find(|(h, _)| h.op == op::REQUEST)
+            .expect("REQUEST to the guest");
+        assert_eq!(
+            (req.0.dst_port, req.0.dst_cid, req.0.src_cid),
+            (port, CID, HOST_CID)
+        );
+        let local = req.0.src_port;
+        self.send(op::RESPONSE, port, local, &[], 0);
+        self.pump();
+        let mut line = [0u8; 64];
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let n = c.read(&mut line).unwrap();
+        assert_eq!(&line[..n], format!("OK {local}\n").as_bytes());
+        (c, local)
+    }
+}
+
+#[test]
+fn host_initiated_connection_moves_data_both_ways() {
+    let mut r = Rig::new("host-init");
+    r.post_rx(16);
+    let (mut c, local) = r.connect_host(1234);
+    assert!(local >= LOCAL_PORT_BASE);
+    // Guest to host.
+    r.send(op::RW, 1234, local, b"hello host", 0);
+    let mut buf = [0u8; 32];
+    let n = c.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello host");
+    // Host to guest.
+    c.write_all(b"hello guest").unwrap();
+    r.pump();
+    let pkts = r.received();
+    let rw: Vec<_> = pkts.iter().filter(|(h, _)| h.op == op::RW).collect();
+    assert_eq!(rw.len(), 1);
+    assert_eq!(rw[0].1, b"hello guest");
+    assert_eq!((rw[0].0.src_port, rw[0].0.dst_port), (local, 1234));
+    assert_eq!(rw[0].0.fwd_cnt, 10, "fwd_cnt counts what reached the host");
+    assert_eq!(rw[0].0.buf_alloc, CONN_BUF_ALLOC);
+    // Host closes: the guest gets SHUTDOWN, answers RST, the connection goes.
+    drop(c);
+    r.pump();
+    let sh = r.received();
+    assert!(
+        sh.iter()
+            .any(|(h, _)| h.op == op::SHUTDOWN && h.flags == SHUTDOWN_RCV | SHUTDOWN_SEND),
+        "{sh:?}"
+    );
+    r.send(op::RST, 1234, local, &[], 11);
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+}
+
+#[test]
+fn guest_initiated_connection_and_refusal() {
+    let mut r = Rig::new("guest-init");
+    let listener = UnixListener::bind(format!("{}_5000", r.path.display())).unwrap();
+    r.post_rx(8);
+    r.send(op::REQUEST, 777, 5000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RESPONSE]);
+    let (mut s, _) = listener.accept().unwrap();
+    r.send(op::RW, 777, 5000, b"ping", 0);
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+    // Nobody listens on 5001: RST.
+    r.send(op::REQUEST, 778, 5001, &[], 0);
+    let pkts = r.received();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].0.dst_port, pkts[0].0.src_port),
+        (op::RST, 778, 5001)
+    );
+    // Guest closes fully: the device answers RST and drops the connection.
+    r.shutdown(777, 5000, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    assert_eq!(r.ops(), vec![op::RST]);
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+    assert_eq!(s.read(&mut b).unwrap(), 0, "the host side sees the close");
+}
+
+#[test]
+fn malicious_packets_are_refused_and_harmless() {
+    let mut r = Rig::new("evil");
+    let _l = UnixListener::bind(format!("{}_6000", r.path.display())).unwrap();
+    r.post_rx(32);
+    // Wrong source or destination CID: dropped without an answer.
+    let mut h = Header {
+        src_cid: 99,
+        dst_cid: HOST_CID,
+        src_port: 1,
+        dst_port: 6000,
+        type_: TYPE_STREAM,
+        op: op::REQUEST,
+        ..Header::default()
+    };
+    r.send_raw(&h, &[], None);
+    h.src_cid = CID;
+    h.dst_cid = 7;
+    r.send_raw(&h, &[], None);
+    assert!(r.received().is_empty());
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+    // Unknown type: RST.
+    h.dst_cid = HOST_CID;
+    h.type_ = 9;
+    r.send_raw(&h, &[], None);
+    assert_eq!(r.ops(), vec![op::RST]);
+    // A len larger than its descriptor: dropped, nothing breaks.
+    let big = Header {
+        src_cid: CID,
+        dst_cid: HOST_CID,
+        src_port: 1,
+        dst_port: 6000,
+        len: 5000,
+        type_: TYPE_STREAM,
+        op: op::RW,
+        ..Header::default()
+    };
+    r.send_raw(&big, b"tiny", Some(4));
+    assert!(r.received().is_empty());
+    // Unknown op on a live connection: RST.
+    r.send(op::REQUEST, 10, 6000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RESPONSE]);
+    r.send(0x42, 10, 6000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RST]);
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+    // A credit that goes backwards: RST.
+    r.send(op::REQUEST, 11, 6000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RESPONSE]);
+    r.send(op::CREDIT_UPDATE, 11, 6000, &[], 5);
+    assert_eq!(r.ops(), vec![op::RST], "fwd_cnt beyond what was sent");
+    r.send(op::REQUEST, 12, 6000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RESPONSE]);
+    r.send(op::CREDIT_UPDATE, 12, 6000, &[], u32::MAX);
+    assert_eq!(r.ops(), vec![op::RST], "fwd_cnt going backwards");
+    // Data after the guest's SHUTDOWN(SEND): RST.
+    r.send(op::REQUEST, 13, 6000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RESPONSE]);
+    r.shutdown(13, 6000, SHUTDOWN_SEND);
+    r.send(op::RW, 13, 6000, b"late", 0);
+    assert_eq!(r.ops(), vec![op::RST]);
+    // RW and RESPONSE for connections that do not exist: RST.
+    r.send(op::RW, 14, 6000, b"x", 0);
+    r.send(op::RESPONSE, 15, 6000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RST, op::RST]);
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+}
+
+#[test]
+fn guest_exceeding_its_credit_is_reset_and_vmm_buffer_is_bounded() {
+    let mut r = Rig::new("credit");
+    let listener = UnixListener::bind(format!("{}_7000", r.path.display())).unwrap();
+    r.post_rx(8);
+    r.send(op::REQUEST, 20, 7000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RESPONSE]);
+    let (_host, _) = listener.accept().unwrap(); // never reads
+    let chunk = vec![0xabu8; MAX_PKT_DATA as usize];
+    let mut sent = 0usize;
+    let mut reset = false;
+    // The host never reads; the socket buffer fills, then our buffer.
+    for _ in 0..64 {
+        r.send(op::RW, 20, 7000, &chunk, 0);
+        sent += chunk.len();
+        if r.ops().contains(&op::RST) {
+            reset = true;
+            break;
+        }
+    }
+    assert!(reset, "a guest ignoring its credit must be reset (sent {sent})");
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+}
+
+#[test]
+fn host_reads_only_what_the_guest_can_take() {
+    let mut r = Rig::new("guest-credit");
+    let listener = UnixListener::bind(format!("{}_7100", r.path.display())).unwrap();
+    r.post_rx(16);
+    // The guest advertises 8 KiB of buffer.
+    let h = Header {
+        src_cid: CID,
+        dst_cid: HOST_CID,
+        src_port: 30,
+        dst_port: 7100,
+        type_: TYPE_STREAM,
+        op: op::REQUEST,
+        buf_alloc: 8192,
+        ..Header::default()
+    };
+    r.send_raw(&h, &[], None);
+    let (mut host, _) = listener.accept().unwrap();
+    host.write_all(&vec![7u8; 64 << 10]).unwrap();
+    r.pump();
+    let got: usize = r
+        .received()
+        .iter()
+        .filter(|(h, _)| h.op == op::RW)
+        .map(|(_, d)| d.len())
+        .sum();
+    assert_eq!(got, 8192, "no more than the guest's credit");
+    // The guest consumed 4 KiB: 4 KiB more flows.
+    let upd = Header {
+        op: op::CREDIT_UPDATE,
+        fwd_cnt: 4096,
+        ..h
+    };
+    r.send_raw(&upd, &[], None);
+    r.pump();
+    let more: usize = r
+        .received()
+        .iter()
+        .filter(|(h, _)| h.op == op::RW)
+        .map(|(_, d)| d.len())
+        .sum();
+    assert_eq!(more, 4096);
+}
+
+#[test]
+fn bad_handshakes_close_only_that_client() {
+    let mut r = Rig::new("handshakes");
+    r.post_rx(32);
+    let (mut good, local) = r.connect_host(4000);
+    let mut bad: Vec<UnixStream> = Vec::new();
+    for line in [&b"CONNECT abc\n"[..], b"CONNECT 99999999999\n", &[b'x'; 80][..]] {
+        let mut c = UnixStream::connect(&r.path).unwrap();
+        c.write_all(line).unwrap();
+        bad.push(c);
+    }
+    let silent = UnixStream::connect(&r.path).unwrap();
+    r.pump();
+    for mut c in bad {
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(c.read(&mut b).unwrap_or(0), 0, "a bad client is closed");
+    }
+    // The silent client times out.
+    assert_eq!(r.dev.muxer.pending_client_count(), 1);
+    r.dev.muxer.on_timer(Instant::now() + Duration::from_secs(3));
+    r.dev.muxer.take_watch_changes();
+    r.dev.muxer.release_closed();
+    assert_eq!(r.dev.muxer.pending_client_count(), 0);
+    let mut silent = silent;
+    silent.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(silent.read(&mut [0u8; 4]).unwrap_or(0), 0);
+    // The good connection still works.
+    r.send(op::RW, 4000, local, b"still here", 0);
+    let mut b = [0u8; 10];
+    good.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"still here");
+}
+
+#[test]
+fn unanswered_host_connect_times_out() {
+    let mut r = Rig::new("timeout");
+    r.post_rx(4);
+    let mut c = UnixStream::connect(&r.path).unwrap();
+    c.write_all(b"CONNECT 9\n").unwrap();
+    r.pump();
+    assert_eq!(r.ops(), vec![op::REQUEST]);
+    r.dev.muxer.on_timer(Instant::now() + Duration::from_secs(3));
+    r.dev.process_rx();
+    assert_eq!(r.ops(), vec![op::RST]);
+    r.dev.muxer.take_watch_changes();
+    r.dev.muxer.release_closed();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(c.read(&mut [0u8; 4]).unwrap_or(0), 0);
+}
+
+#[test]
+fn device_reset_drops_everything() {
+    let mut r = Rig::new("reset");
+    r.post_rx(8);
+    let (mut c, _) = r.connect_host(1);
+    r.dev.reset();
+    r.dev.muxer.take_watch_changes();
+    r.dev.muxer.release_closed();
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(c.read(&mut [0u8; 4]).unwrap_or(0), 0);
+}
