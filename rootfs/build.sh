@@ -15,6 +15,10 @@
 #
 # Progress goes to stderr; the last line on stdout is the output directory.
 set -euo pipefail
+# Steps run inside $(...) (build_init, find_busybox): without this, bash
+# turns errexit off there, and a failed cargo build went unnoticed, packing
+# the previous hearth-init under the new cache key.
+shopt -s inherit_errexit
 export LC_ALL=C
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -121,7 +125,7 @@ build_init() {
 			CARGO_PROFILE_RELEASE_STRIP=symbols
 		RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p hearth-init \
 			--target "$target" --target-dir "$target_dir" >&2
-	)
+	) || die "cargo build of hearth-init failed"
 	local bin="$target_dir/$target/release/hearth-init"
 	[[ -x "$bin" ]] || die "cargo produced no $bin"
 	if readelf -lW "$bin" | grep -q 'Requesting program interpreter' ||

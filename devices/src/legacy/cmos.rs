@@ -7,6 +7,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
 
 /// Base I/O port (index register; data is at +1).
@@ -87,6 +89,15 @@ fn bcd(v: u32) -> u8 {
     ((v / 10) << 4 | (v % 10)) as u8
 }
 
+/// The CMOS index register and RAM, for snapshots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmosSnapshot {
+    /// Selected register.
+    pub index: u8,
+    /// The 128 bytes of RAM.
+    pub ram: Vec<u8>,
+}
+
 /// Source of wall-clock time, replaceable in tests.
 pub type Clock = Box<dyn Fn() -> SystemTime + Send + Sync>;
 
@@ -123,6 +134,28 @@ impl Cmos {
             }),
             clock,
         }
+    }
+
+    /// The index and RAM now.
+    pub fn save(&self) -> CmosSnapshot {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        CmosSnapshot {
+            index: st.index,
+            ram: st.ram.to_vec(),
+        }
+    }
+
+    /// Restores saved state; refuses RAM of the wrong size.
+    pub fn restore(&self, snap: &CmosSnapshot) -> Result<(), String> {
+        let ram: [u8; 128] = snap
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("CMOS RAM is {} bytes, expected 128", snap.ram.len()))?;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.index = snap.index & 0x7f;
+        st.ram = ram;
+        Ok(())
     }
 
     fn register(&self, state: &CmosState, index: u8) -> u8 {
@@ -238,6 +271,23 @@ mod tests {
         assert_eq!(read_reg(&c, REG_STATUS_D), STATUS_D);
         // NMI-mask bit is ignored.
         assert_eq!(read_reg(&c, 0x80 | REG_MONTH), 0x11);
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let c = Cmos::default();
+        c.write(0, &[0x40]);
+        c.write(1, &[0x77]);
+        let snap = c.save();
+        let d = Cmos::default();
+        d.restore(&snap).unwrap();
+        assert_eq!(read_reg(&d, 0x40), 0x77);
+        assert!(d
+            .restore(&CmosSnapshot {
+                index: 0,
+                ram: vec![0; 3]
+            })
+            .is_err());
     }
 
     #[test]

@@ -8,5 +8,6 @@ pub mod serial;
 
 pub use boot_timer::{BootTime, BootTimer, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use cmos::Cmos;
+pub use cmos::CmosSnapshot;
 pub use i8042::I8042;
-pub use serial::{SerialDevice, SerialInput};
+pub use serial::{SerialDevice, SerialInput, SerialSnapshot};

@@ -8,7 +8,8 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vm_superio::serial::SerialEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -55,6 +56,56 @@ impl SerialEvents for InputEvents {
 
 type Uart = Serial<IrqTrigger, InputEvents, SerialSink>;
 
+/// The UART's registers and receive FIFO, for snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<SerialState> for SerialSnapshot {
+    fn from(s: SerialState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialSnapshot> for SerialState {
+    fn from(s: &SerialSnapshot) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
 /// The serial port device.
 pub struct SerialDevice {
     uart: Mutex<Uart>,
@@ -75,6 +126,24 @@ impl SerialDevice {
         Ok(Self {
             uart: Mutex::new(Serial::with_events(IrqTrigger(irq), events, sink)),
         })
+    }
+
+    /// A UART in a saved state (the FIFO must fit; registers are taken as
+    /// they are, since any value is one the guest could have written).
+    pub fn from_snapshot(irq: Arc<dyn IrqLine>, sink: SerialSink, snap: &SerialSnapshot) -> io::Result<Self> {
+        let events = InputEvents {
+            buffer_ready: EventFd::new(EFD_NONBLOCK)?,
+        };
+        let uart = Serial::from_state(&SerialState::from(snap), IrqTrigger(irq), events, sink)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("serial state: {e:?}")))?;
+        Ok(Self {
+            uart: Mutex::new(uart),
+        })
+    }
+
+    /// The registers and FIFO now.
+    pub fn save(&self) -> SerialSnapshot {
+        self.uart.lock().map(|u| u.state().into()).unwrap_or_default()
     }
 
     /// Queues bytes for the guest to read. Returns how many fitted in the FIFO.
@@ -267,6 +336,33 @@ mod tests {
         dev.write(u64::MAX, &[1, 2, 3]);
         dev.read(7, &mut d);
         dev.write(3, &[]);
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_registers_and_fifo() {
+        let dev = SerialDevice::new(Arc::new(CountingIrq::default()), Box::new(io::sink())).unwrap();
+        dev.write(3, &[0x03]); // 8N1
+        dev.write(7, &[0x5a]); // scratch
+        dev.write(1, &[0x01]);
+        dev.enqueue_input(b"abc");
+        let snap = dev.save();
+        assert_eq!(snap.in_buffer, b"abc");
+        let copy = SerialDevice::from_snapshot(Arc::new(CountingIrq::default()), Box::new(io::sink()), &snap)
+            .unwrap();
+        assert_eq!(copy.save(), snap);
+        let mut b = [0u8];
+        copy.read(7, &mut b);
+        assert_eq!(b, [0x5a]);
+        copy.read(0, &mut b);
+        assert_eq!(b, [b'a']);
+        let mut too_big = snap.clone();
+        too_big.in_buffer = vec![0; 1000];
+        assert!(SerialDevice::from_snapshot(
+            Arc::new(CountingIrq::default()),
+            Box::new(io::sink()),
+            &too_big
+        )
+        .is_err());
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops processing and forgets the queues.
     fn reset(&mut self);
+    /// The running queues' state, for a snapshot (`None` if not active).
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>>;
+    /// Called once the device was activated from restored state, before
+    /// the guest runs (e.g. vsock tells the guest its connections are gone).
+    fn restored(&mut self) {}
 }
 
 /// Copies `data.len()` bytes of a config-space image from `offset`,

@@ -12,6 +12,7 @@ use virtio_queue::{Queue, QueueT};
 
 use super::device::{ActivateContext, VirtioDevice};
 use super::interrupt::VirtioInterrupt;
+use super::persist::{QueueSnapshot, RestoreError, TransportSnapshot};
 use super::status::{self, Transition};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::bus::BusDevice;
@@ -143,6 +144,114 @@ impl MmioTransport {
     /// The interrupt this transport raises.
     pub fn interrupt(&self) -> Arc<VirtioInterrupt> {
         lock(&self.inner).interrupt.clone()
+    }
+}
+
+impl MmioTransport {
+    /// Saves the registers and the queues (the device's running queues
+    /// once it is active). Call it while the VM is paused.
+    pub fn save(&self) -> TransportSnapshot {
+        let inner = lock(&self.inner);
+        let device = lock(&inner.device);
+        let queues = match device.queue_states() {
+            Some(states) => states.into_iter().map(QueueSnapshot::from).collect(),
+            None => inner
+                .queues
+                .iter()
+                .map(|q| QueueSnapshot::from(q.state()))
+                .collect(),
+        };
+        TransportSnapshot {
+            device_type: device.device_type(),
+            status: inner.regs.status,
+            device_features_sel: inner.regs.device_features_sel,
+            driver_features_sel: inner.regs.driver_features_sel,
+            acked_features: inner.regs.acked_features,
+            queue_sel: inner.regs.queue_sel,
+            interrupt_status: inner.interrupt.status(),
+            config_generation: inner.interrupt.generation(),
+            needs_reset: inner.interrupt.needs_reset(),
+            queues,
+        }
+    }
+
+    /// Restores saved state into a freshly created transport, checking it
+    /// first as the untrusted input it is, and activates the device if the
+    /// driver had.
+    pub fn restore(&self, snap: &TransportSnapshot) -> Result<(), RestoreError> {
+        let mut inner = lock(&self.inner);
+        let (device_type, max_sizes, offered) = {
+            let d = lock(&inner.device);
+            (d.device_type(), d.queue_max_sizes().to_vec(), d.avail_features())
+        };
+        if snap.device_type != device_type {
+            return Err(RestoreError::DeviceType {
+                saved: snap.device_type,
+                actual: device_type,
+            });
+        }
+        if snap.queues.len() != max_sizes.len() {
+            return Err(RestoreError::QueueCount {
+                saved: snap.queues.len(),
+                actual: max_sizes.len(),
+            });
+        }
+        let steps = [
+            0,
+            status::ACKNOWLEDGE,
+            status::ACKNOWLEDGE | status::DRIVER,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        ];
+        if !steps.contains(&(snap.status & !(status::FAILED | status::NEEDS_RESET))) {
+            return Err(RestoreError::BadStatus(snap.status));
+        }
+        if snap.acked_features & !offered != 0 {
+            return Err(RestoreError::BadFeatures {
+                acked: snap.acked_features,
+                offered,
+            });
+        }
+        let active = snap.status & status::DRIVER_OK != 0 && !snap.needs_reset;
+        let mut queues = Vec::with_capacity(max_sizes.len());
+        for (i, (q, &max)) in snap.queues.iter().zip(&max_sizes).enumerate() {
+            let queue =
+                Queue::try_from(virtio_queue::QueueState::from(*q)).map_err(|_| RestoreError::BadQueue(i))?;
+            let in_memory = !queue.ready() || queue.is_valid(&inner.mem);
+            if q.max_size != max || (active && !in_memory) {
+                return Err(RestoreError::BadQueue(i));
+            }
+            queues.push(queue);
+        }
+        inner.regs = TransportState {
+            status: snap.status & !status::NEEDS_RESET,
+            device_features_sel: snap.device_features_sel,
+            driver_features_sel: snap.driver_features_sel,
+            acked_features: snap.acked_features,
+            queue_sel: snap.queue_sel,
+        };
+        inner
+            .interrupt
+            .restore(snap.interrupt_status, snap.config_generation);
+        if snap.needs_reset {
+            inner.interrupt.set_needs_reset();
+        }
+        if active {
+            let ctx = ActivateContext {
+                mem: inner.mem.clone(),
+                queues,
+                interrupt: inner.interrupt.clone(),
+                acked_features: snap.acked_features,
+            };
+            let mut device = lock(&inner.device);
+            device
+                .activate(ctx)
+                .map_err(|e| RestoreError::Activate(e.to_string()))?;
+            device.restored();
+        } else {
+            inner.queues = queues;
+        }
+        Ok(())
     }
 }
 
@@ -510,6 +619,11 @@ pub(crate) mod tests {
             self.activated = None;
             self.resets += 1;
         }
+        fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+            self.activated
+                .as_ref()
+                .map(|a| a.queues.iter().map(|q| q.state()).collect())
+        }
     }
 
     pub struct Harness {
@@ -721,5 +835,87 @@ pub(crate) mod tests {
         assert_eq!(h.r(reg::INTERRUPT_STATUS), 3);
         h.w(reg::INTERRUPT_ACK, 1);
         assert_eq!(h.r(reg::INTERRUPT_STATUS), 2);
+    }
+}
+
+#[cfg(test)]
+mod persist_tests {
+    use super::tests::Harness;
+    use super::*;
+    use crate::virtio::persist::RestoreError;
+
+    const V1: u64 = 1 << VIRTIO_F_VERSION_1;
+    const ALL_OK: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+
+    fn active() -> Harness {
+        let h = Harness::new();
+        h.drive_to_features_ok(V1 | 1 << VIRTIO_RING_F_EVENT_IDX);
+        h.setup_queue0();
+        h.w(reg::STATUS, ALL_OK);
+        h.t.interrupt().signal_used_queue();
+        h
+    }
+
+    #[test]
+    fn round_trip_restores_an_active_device() {
+        let h = active();
+        let snap = h.t.save();
+        assert_eq!(snap.status, ALL_OK);
+        assert_eq!(snap.queues[0].desc_table, 0x1000);
+        assert!(snap.queues[0].event_idx);
+        let fresh = Harness::new();
+        fresh.t.restore(&snap).unwrap();
+        assert_eq!(fresh.t.save(), snap);
+        let dev = fresh.dev.lock().unwrap();
+        let ctx = dev.activated.as_ref().expect("restore activates the device");
+        assert_eq!(ctx.queues[0].avail_ring(), 0x2000);
+        assert_eq!(fresh.r(reg::INTERRUPT_STATUS), 1);
+    }
+
+    #[test]
+    fn inactive_device_round_trips_without_activation() {
+        let h = Harness::new();
+        h.drive_to_features_ok(V1);
+        h.setup_queue0();
+        let snap = h.t.save();
+        let fresh = Harness::new();
+        fresh.t.restore(&snap).unwrap();
+        assert!(fresh.dev.lock().unwrap().activated.is_none());
+        // The driver can finish bringing it up.
+        fresh.w(reg::STATUS, ALL_OK);
+        assert!(fresh.dev.lock().unwrap().activated.is_some());
+    }
+
+    #[test]
+    fn corrupt_state_is_refused() {
+        let snap = active().t.save();
+        let cases: Vec<(fn(&mut TransportSnapshot), RestoreError)> = vec![
+            (
+                |s| s.device_type = 7,
+                RestoreError::DeviceType { saved: 7, actual: 42 },
+            ),
+            (
+                |s| {
+                    s.queues.pop();
+                },
+                RestoreError::QueueCount { saved: 1, actual: 2 },
+            ),
+            (|s| s.status = 0x5, RestoreError::BadStatus(0x5)),
+            (|s| s.queues[0].used_ring = 0xff_fff0, RestoreError::BadQueue(0)),
+            (|s| s.queues[0].size = 3, RestoreError::BadQueue(0)),
+            (|s| s.queues[0].max_size = 1024, RestoreError::BadQueue(0)),
+            (|s| s.queues[0].desc_table = 0x1001, RestoreError::BadQueue(0)),
+        ];
+        for (corrupt, expected) in cases {
+            let mut bad = snap.clone();
+            corrupt(&mut bad);
+            assert_eq!(Harness::new().t.restore(&bad), Err(expected));
+        }
+        let mut bad = snap.clone();
+        bad.acked_features |= 1 << 40;
+        assert!(matches!(
+            Harness::new().t.restore(&bad),
+            Err(RestoreError::BadFeatures { .. })
+        ));
     }
 }

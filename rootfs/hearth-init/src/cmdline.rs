@@ -7,6 +7,13 @@
 pub const CHECKS_PARAM: &str = "hearth.checks";
 /// Parameter giving the number of online CPUs the `cpus` check expects.
 pub const EXPECT_CPUS_PARAM: &str = "hearth.expect_cpus";
+/// Parameter giving the size in bytes `blk-write` (and `blk-ro`, when
+/// present) expects of /dev/vda.
+pub const BLK_BYTES_PARAM: &str = "hearth.blk.bytes";
+/// Parameter giving the length of the file `blk-write` writes.
+pub const BLK_LEN_PARAM: &str = "hearth.blk.len";
+/// Parameter whose low byte `blk-write` XORs into its byte pattern.
+pub const BLK_SEED_PARAM: &str = "hearth.blk.seed";
 
 /// A parsed kernel command line: its parameters in order of appearance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,6 +69,26 @@ impl Cmdline {
         self.get(EXPECT_CPUS_PARAM)
             .map(|value| value.trim().parse::<u32>().map_err(|_| value.to_owned()))
     }
+
+    /// `key=N` as an unsigned 64-bit number, decimal or `0x` hexadecimal:
+    /// `None` when absent (or bare), `Some(Err(text))` when the value is
+    /// not such a number.
+    pub fn get_u64(&self, key: &str) -> Option<Result<u64, String>> {
+        self.get(key)
+            .map(|value| parse_u64(value).ok_or_else(|| value.to_owned()))
+    }
+}
+
+/// An unsigned number, decimal or `0x`/`0X` hexadecimal.
+pub fn parse_u64(text: &str) -> Option<u64> {
+    let text = text.trim();
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+    // from_str_radix and parse accept a leading '+'; a number on the
+    // command line never has one, so refuse it.
+    .filter(|_| !text.contains('+'))
 }
 
 /// Splits on unquoted whitespace; double quotes toggle quoting and are
@@ -198,6 +225,32 @@ mod tests {
             Cmdline::parse("hearth.expect_cpus=-1").expect_cpus(),
             Some(Err("-1".to_owned()))
         );
+    }
+
+    #[test]
+    fn u64_values() {
+        let cmdline = Cmdline::parse("hearth.blk.bytes=16777216 hearth.blk.seed=0x1F hearth.blk.len=x a= b");
+        assert_eq!(cmdline.get_u64(BLK_BYTES_PARAM), Some(Ok(16_777_216)));
+        assert_eq!(cmdline.get_u64(BLK_SEED_PARAM), Some(Ok(0x1f)));
+        assert_eq!(cmdline.get_u64(BLK_LEN_PARAM), Some(Err("x".to_owned())));
+        assert_eq!(cmdline.get_u64("a"), Some(Err(String::new())));
+        assert_eq!(cmdline.get_u64("b"), None);
+        assert_eq!(cmdline.get_u64("absent"), None);
+    }
+
+    #[test]
+    fn u64_parsing() {
+        assert_eq!(parse_u64("0"), Some(0));
+        assert_eq!(parse_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64("18446744073709551616"), None);
+        assert_eq!(parse_u64("0xff"), Some(255));
+        assert_eq!(parse_u64("0X10"), Some(16));
+        assert_eq!(parse_u64("0x"), None);
+        assert_eq!(parse_u64("-1"), None);
+        assert_eq!(parse_u64("+1"), None);
+        assert_eq!(parse_u64("0x+1"), None);
+        assert_eq!(parse_u64("1k"), None);
+        assert_eq!(parse_u64(""), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod cmdline;
 mod console;
 mod mounts;
 mod power;
+mod sys;
 mod system;
 
 use cmdline::Cmdline;

@@ -4,7 +4,9 @@
 pub(crate) mod emulation;
 pub(crate) mod kick;
 pub(crate) mod vcpu;
+pub(crate) mod vcpu_state;
 pub(crate) mod vm;
+pub(crate) mod vm_state;
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,15 @@ pub enum KvmError {
         /// KVM's limit.
         max: usize,
     },
+    /// Saved state is malformed.
+    #[error("invalid saved KVM state: {0}")]
+    BadState(&'static str),
+    /// KVM refused to restore an MSR.
+    #[error("KVM refused to restore MSR {0:#x}")]
+    MsrRefused(u32),
+    /// More MSRs or entries than KVM takes in one call.
+    #[error("too many entries ({0}) for one KVM call")]
+    MsrListTooLong(usize),
     /// An ioctl failed.
     #[error("{op} failed: {source}")]
     Ioctl {

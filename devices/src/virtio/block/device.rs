@@ -184,6 +184,10 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active.as_ref().map(|a| vec![a.queue.state()])
+    }
+
     fn reset(&mut self) {
         self.active = None;
         let _ = self.activate_evt.write(1);

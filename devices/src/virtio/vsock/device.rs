@@ -350,6 +350,17 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(|q| q.state()).collect())
+    }
+
+    fn restored(&mut self) {
+        // Connections did not survive the snapshot: tell the guest.
+        self.send_transport_reset();
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.muxer.reset();

@@ -5,7 +5,11 @@
 //! `CHECK <name> FAIL <detail>`. Adding a check is one line in
 //! [`REGISTRY`] plus its module.
 
+mod blk_ro;
+mod blk_write;
+mod blockdev;
 mod cpus;
+mod rootfs;
 mod uname;
 
 use crate::cmdline::Cmdline;
@@ -33,7 +37,13 @@ pub struct Context<'a> {
 pub type CheckFn = fn(&Context<'_>) -> Outcome;
 
 /// Every known check, by name.
-const REGISTRY: &[(&str, CheckFn)] = &[("cpus", cpus::run), ("uname", uname::run)];
+const REGISTRY: &[(&str, CheckFn)] = &[
+    ("blk-ro", blk_ro::run),
+    ("blk-write", blk_write::run),
+    ("cpus", cpus::run),
+    ("rootfs", rootfs::run),
+    ("uname", uname::run),
+];
 
 /// Pass and fail counts of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
