@@ -141,6 +141,30 @@ impl AgentClient {
     }
 }
 
+impl crate::Vm {
+    /// A client for the guest agent on its default vsock port.
+    pub fn agent(&self) -> Result<AgentClient, VsockConnectError> {
+        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
+        Ok(AgentClient::new(&v.uds_path, DEFAULT_AGENT_PORT))
+    }
+
+    /// Runs a command in the guest through its agent (e.g.
+    /// `vm.exec(&["uname", "-a"])`).
+    pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> Result<ExecOutput, AgentError> {
+        self.agent()?.exec(&command(argv))
+    }
+
+    /// Writes a file in the guest through its agent.
+    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), AgentError> {
+        self.agent()?.write_file(path, data, mode)
+    }
+
+    /// Reads a file from the guest through its agent.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
+        self.agent()?.read_file(path)
+    }
+}
+
 /// Builds an [`Exec`] from string arguments.
 pub fn command<S: AsRef<str>>(argv: &[S]) -> Exec {
     Exec {

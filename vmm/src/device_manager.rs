@@ -29,6 +29,7 @@ use crate::kvm::vm::KvmVm;
 use crate::kvm::KvmError;
 use crate::memory::GuestMemoryMmap;
 use crate::serial_output::SerialWriter;
+use crate::snapshot::state::DevicesState;
 
 /// Errors creating devices.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,9 @@ pub enum DeviceError {
     /// The vsock device could not be created.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// Saved device state does not fit the devices being restored.
+    #[error("saved device state does not match the configuration: {0}")]
+    Restore(String),
     /// More virtio devices than IRQs.
     #[error("too many virtio devices: at most {0}")]
     TooManyDevices(u32),
@@ -78,7 +82,10 @@ pub enum DeviceError {
 pub(crate) struct Devices {
     pub serial: Arc<SerialDevice>,
     pub boot_timer: Arc<BootTimer>,
+    pub cmos: Arc<Cmos>,
     pub disks: Vec<Arc<BlockMetrics>>,
+    /// Virtio transports in MMIO slot order (disks, then vsock).
+    pub transports: Vec<Arc<MmioTransport>>,
     /// irqfds stay open as long as the VM.
     _irqfds: Vec<EventFd>,
 }
@@ -136,6 +143,7 @@ struct Builder<'a> {
     cmdline_extra: Vec<String>,
     irqfds: Vec<EventFd>,
     slots: VirtioSlots,
+    transports: Vec<Arc<MmioTransport>>,
 }
 
 impl Builder<'_> {
@@ -158,8 +166,9 @@ impl Builder<'_> {
                     .register_mmio_ioevent(evt, addr + NOTIFY_REG_OFFSET, queue as u32)?;
             }
         }
-        let transport = MmioTransport::new(device.clone(), self.mem.clone(), interrupt);
-        self.io.mmio.insert(addr, MMIO_WINDOW_SIZE, Arc::new(transport))?;
+        let transport = Arc::new(MmioTransport::new(device.clone(), self.mem.clone(), interrupt));
+        self.io.mmio.insert(addr, MMIO_WINDOW_SIZE, transport.clone())?;
+        self.transports.push(transport);
         self.cmdline_extra
             .push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
         self.subscribers.push(device);
@@ -175,6 +184,7 @@ pub(crate) fn setup(
     config: &VmConfig,
     run_state: &Arc<RunState>,
     start: (Instant, Duration),
+    saved: Option<&DevicesState>,
 ) -> Result<DeviceSetup, DeviceError> {
     let mut b = Builder {
         vm,
@@ -184,6 +194,7 @@ pub(crate) fn setup(
         cmdline_extra: Vec::new(),
         irqfds: Vec::new(),
         slots: VirtioSlots { next: 0 },
+        transports: Vec::new(),
     };
     let io = &mut b.io;
     let subscribers = &mut b.subscribers;
@@ -191,10 +202,12 @@ pub(crate) fn setup(
     let com1_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
     vm.register_irqfd(&com1_irq, COM1_IRQ)?;
     let irq_line = Arc::new(com1_irq.try_clone().map_err(DeviceError::EventFd)?);
-    let serial = Arc::new(
-        SerialDevice::new(irq_line, Box::new(serial_writer(&config.serial)?))
-            .map_err(DeviceError::EventFd)?,
-    );
+    let sink = Box::new(serial_writer(&config.serial)?);
+    let serial = Arc::new(match saved {
+        Some(s) => SerialDevice::from_snapshot(irq_line, sink, &s.serial)
+            .map_err(|e| DeviceError::Restore(e.to_string()))?,
+        None => SerialDevice::new(irq_line, sink).map_err(DeviceError::EventFd)?,
+    });
     io.pio
         .insert(COM1_PORT, SERIAL_PORT_LEN, serial.clone() as Arc<dyn BusDevice>)?;
     if config.serial_input == SerialInputConfig::Stdin {
@@ -209,8 +222,11 @@ pub(crate) fn setup(
     let rs = run_state.clone();
     let i8042 = Arc::new(I8042::new(Arc::new(move || rs.request_exit(ExitReason::Reset))));
     io.pio.insert(I8042_PORT, I8042_PORT_LEN, i8042)?;
-    io.pio
-        .insert(CMOS_PORT, CMOS_PORT_LEN, Arc::new(Cmos::default()))?;
+    let cmos = Arc::new(Cmos::default());
+    if let Some(s) = saved {
+        cmos.restore(&s.cmos).map_err(DeviceError::Restore)?;
+    }
+    io.pio.insert(CMOS_PORT, CMOS_PORT_LEN, cmos.clone())?;
 
     let rs = run_state.clone();
     let boot_timer = Arc::new(BootTimer::new(
@@ -239,11 +255,27 @@ pub(crate) fn setup(
         b.add_virtio(Arc::new(Mutex::new(vsock)))?;
     }
 
+    if let Some(s) = saved {
+        if s.virtio.len() != b.transports.len() {
+            return Err(DeviceError::Restore(format!(
+                "the snapshot has {} virtio devices, the configuration {}",
+                s.virtio.len(),
+                b.transports.len()
+            )));
+        }
+        for (i, (t, snap)) in b.transports.iter().zip(&s.virtio).enumerate() {
+            t.restore(snap)
+                .map_err(|e| DeviceError::Restore(format!("virtio device {i}: {e}")))?;
+        }
+    }
+
     Ok(DeviceSetup {
         devices: Devices {
             serial,
             boot_timer,
+            cmos,
             disks,
+            transports: b.transports,
             _irqfds: b.irqfds,
         },
         io: b.io,

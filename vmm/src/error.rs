@@ -9,6 +9,7 @@ use crate::exit::ExitReason;
 use crate::kvm::vcpu::VcpuError;
 use crate::kvm::KvmError;
 use crate::memory::MemoryError;
+use crate::snapshot::SnapshotError;
 
 /// Everything that can stop a VM from starting.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// A snapshot could not be taken or restored.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// The operation needs a running VM, and this one has exited.
     #[error("the VM is not running ({0})")]
     NotRunning(ExitReason),

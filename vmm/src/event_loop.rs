@@ -4,8 +4,9 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
@@ -14,21 +15,46 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// A subscriber as the loop holds it: shared with whoever created it.
 pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// Ends the loop when its eventfd is written.
-struct StopOnEvent {
-    evt: EventFd,
-    stop: Arc<AtomicBool>,
+/// Pause state shared between the `Vm` and the loop thread.
+#[derive(Debug, Default)]
+struct PauseState {
+    requested: bool,
+    parked: bool,
 }
 
-impl MutEventSubscriber for StopOnEvent {
+#[derive(Debug, Default)]
+struct Pause {
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+/// Controls the loop from outside: a stop flag and a pause gate, both
+/// signalled through one eventfd.
+struct Control {
+    evt: EventFd,
+    stop: Arc<AtomicBool>,
+    pause: Arc<Pause>,
+}
+
+impl MutEventSubscriber for Control {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.evt.read();
-        self.stop.store(true, Ordering::SeqCst);
+        let mut st = self.pause.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.requested && !self.stop.load(Ordering::SeqCst) {
+            // Park the whole loop: no device runs until resumed.
+            st.parked = true;
+            self.pause.changed.notify_all();
+            while st.requested && !self.stop.load(Ordering::SeqCst) {
+                st = self.pause.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.parked = false;
+            self.pause.changed.notify_all();
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            log::error!("event loop: cannot watch its stop eventfd: {e}");
+            log::error!("event loop: cannot watch its control eventfd: {e}");
         }
     }
 }
@@ -37,7 +63,9 @@ impl MutEventSubscriber for StopOnEvent {
 #[derive(Debug)]
 pub(crate) struct EventLoop {
     thread: Option<JoinHandle<()>>,
-    stop: EventFd,
+    evt: EventFd,
+    stop: Arc<AtomicBool>,
+    pause: Arc<Pause>,
 }
 
 impl EventLoop {
@@ -48,12 +76,15 @@ impl EventLoop {
         for s in subscribers {
             manager.add_subscriber(s);
         }
-        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let evt = EventFd::new(EFD_NONBLOCK)?;
         let flag = Arc::new(AtomicBool::new(false));
-        manager.add_subscriber(Arc::new(Mutex::new(StopOnEvent {
-            evt: stop.try_clone()?,
+        let pause = Arc::new(Pause::default());
+        manager.add_subscriber(Arc::new(Mutex::new(Control {
+            evt: evt.try_clone()?,
             stop: flag.clone(),
+            pause: pause.clone(),
         })));
+        let stop = flag.clone();
         let thread = std::thread::Builder::new()
             .name("hearth-events".into())
             .spawn(move || {
@@ -64,17 +95,49 @@ impl EventLoop {
                     }
                 }
             })?;
-        log::trace!("event loop started, stop fd {}", stop.as_raw_fd());
+        log::trace!("event loop started, control fd {}", evt.as_raw_fd());
         Ok(Self {
             thread: Some(thread),
+            evt,
             stop,
+            pause,
         })
+    }
+
+    /// Parks the loop between events; returns once it is parked (or
+    /// `false` if it did not park within `timeout`).
+    pub fn pause(&self, timeout: Duration) -> bool {
+        let mut st = self.pause.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requested = true;
+        let _ = self.evt.write(1);
+        let deadline = std::time::Instant::now() + timeout;
+        while !st.parked {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return false;
+            };
+            st = self
+                .pause
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Lets a parked loop run again.
+    pub fn resume(&self) {
+        let mut st = self.pause.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requested = false;
+        self.pause.changed.notify_all();
     }
 
     /// Stops the loop and joins its thread.
     pub fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let _ = self.stop.write(1);
+            self.stop.store(true, Ordering::SeqCst);
+            self.resume();
+            let _ = self.evt.write(1);
             if thread.join().is_err() {
                 log::error!("the event loop thread panicked");
             }

@@ -28,6 +28,7 @@
 
 mod agent;
 mod arch;
+mod assemble;
 mod boot;
 mod config;
 mod device_manager;
@@ -38,6 +39,7 @@ mod exit;
 mod kvm;
 mod memory;
 mod serial_output;
+mod snapshot;
 mod vm;
 mod vsock;
 
@@ -56,6 +58,10 @@ pub use kvm::vcpu::VcpuError;
 pub use kvm::KvmError;
 pub use memory::MemoryError;
 pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
+pub use snapshot::{
+    FormatError, RestoreMemory, RestoreOptions, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE,
+    STATE_FILE,
+};
 pub use vm::Vm;
 pub use vsock::VsockConnectError;
 

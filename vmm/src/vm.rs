@@ -1,7 +1,6 @@
 //! The public handle of a running VM.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,18 +8,20 @@ use hearth_devices::legacy::boot_timer::process_cpu_time;
 use hearth_devices::legacy::BootTime;
 use hearth_devices::virtio::block::BlockCounters;
 
-use crate::agent::{self, AgentClient, AgentError, ExecOutput, DEFAULT_AGENT_PORT};
+use crate::assemble::{prepare_host, Assembly};
 use crate::boot::{self, BootFiles, BootSpec};
-use crate::config::{check_host_memory, VmConfig};
-use crate::device_manager::{self, Devices};
+use crate::config::VmConfig;
+use crate::device_manager::Devices;
 use crate::error::Error;
 use crate::event_loop::EventLoop;
 use crate::exit::{ExitReason, RunState};
 use crate::kvm::vcpu::{Vcpu, VcpuHandle, VcpuRequest, VcpuResponse};
 use crate::kvm::vm::KvmVm;
-use crate::kvm::{self, kick, KvmError};
+use crate::kvm::Host;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
-use crate::vsock::{self, VsockConnectError};
+
+/// How long a vCPU or the event loop may take to answer a pause or resume.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running microVM.
 ///
@@ -39,104 +40,52 @@ use crate::vsock::{self, VsockConnectError};
 pub struct Vm {
     // Fields drop in order: the threads are gone (see Drop) before the
     // vCPU and VM fds close, and those close before guest memory unmaps.
-    vcpus: Vec<VcpuHandle>,
-    event_loop: Option<EventLoop>,
-    run_state: Arc<RunState>,
-    devices: Devices,
-    kvm_vm: KvmVm,
-    memory: GuestMemoryMmap,
-    config: VmConfig,
-    /// Serialises pause/resume; true while paused.
-    paused: Mutex<bool>,
+    pub(crate) vcpus: Vec<VcpuHandle>,
+    pub(crate) event_loop: Option<EventLoop>,
+    pub(crate) run_state: Arc<RunState>,
+    pub(crate) devices: Devices,
+    pub(crate) kvm_vm: KvmVm,
+    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) config: VmConfig,
+    pub(crate) host: Arc<Host>,
+    /// The CPUID table set on each vCPU.
+    pub(crate) cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
+    /// Serialises pause/resume/snapshot; true while paused.
+    pub(crate) paused: Mutex<bool>,
 }
-
-/// How long a vCPU may take to answer a pause or resume.
-const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Vm {
     /// Creates the VM, loads the kernel and starts the vCPUs.
     pub fn start(config: VmConfig) -> Result<Self, Error> {
         let t0 = (Instant::now(), process_cpu_time());
+        // Bad paths fail before any KVM work.
         config.validate()?;
         let files = BootFiles::open(&config.kernel, config.initrd.as_deref())?;
-        check_host_memory(config.memory_mib)?;
-        let host = kvm::host()?;
-        if config.vcpus as usize > host.max_vcpus {
-            return Err(KvmError::TooManyVcpus {
-                requested: config.vcpus,
-                max: host.max_vcpus,
-            }
-            .into());
-        }
-        kick::install_handler().map_err(|source| Error::Setup {
-            what: "the vCPU kick signal handler",
-            source,
-        })?;
-
+        let host = prepare_host(&config)?;
         let memory = create_guest_memory(config.memory_mib << 20, config.memory_backing)?;
-        let kvm_vm = KvmVm::new(&host)?;
-        // Memslots before the irqchip: see KvmVm::register_memory.
-        kvm_vm.register_memory(&memory)?;
-        kvm_vm.setup_irqchip(config.pit)?;
-        let run_state = Arc::new(RunState::new().map_err(|source| Error::Setup {
-            what: "the exit eventfd",
-            source,
-        })?);
-
-        let setup = device_manager::setup(&kvm_vm, &memory, &config, &run_state, t0)?;
+        let mut parts = Assembly::new(host, memory, &config, t0, None)?;
         let entry = boot::load(
-            &memory,
+            &parts.memory,
             files,
             &BootSpec {
                 kernel: &config.kernel,
                 initrd: config.initrd.as_deref(),
                 cmdline: &config.cmdline,
-                extra_cmdline: &setup.cmdline_extra,
+                extra_cmdline: &parts.setup.cmdline_extra,
                 protocol: config.boot_protocol,
                 vcpus: config.vcpus,
             },
         )?;
-
-        let io = Arc::new(setup.io);
+        let vcpus = parts.create_vcpus(config.vcpus)?;
         let count = config.vcpus as u8;
-        let mut pending = Vec::with_capacity(usize::from(count));
-        for index in 0..count {
-            let vcpu = Vcpu::new(&kvm_vm, index, io.clone(), run_state.clone())?;
-            vcpu.configure(&host, count)?;
+        let mut cpuids = Vec::with_capacity(vcpus.len());
+        for (index, vcpu) in vcpus.iter().enumerate() {
+            cpuids.push(vcpu.configure(&parts.host, count)?);
             if index == 0 {
-                vcpu.setup_boot_registers(&memory, entry)?;
+                vcpu.setup_boot_registers(&parts.memory, entry)?;
             }
-            pending.push(vcpu);
         }
-
-        let event_loop = if setup.subscribers.is_empty() {
-            None
-        } else {
-            Some(
-                EventLoop::start(setup.subscribers).map_err(|source| Error::Thread {
-                    what: "event loop",
-                    source,
-                })?,
-            )
-        };
-
-        let mut vm = Self {
-            vcpus: Vec::with_capacity(pending.len()),
-            event_loop,
-            run_state,
-            devices: setup.devices,
-            kvm_vm,
-            memory,
-            config,
-            paused: Mutex::new(false),
-        };
-        for vcpu in pending {
-            // On failure, `vm` drops here and stops what already runs.
-            let handle = vcpu
-                .spawn()
-                .map_err(|source| Error::Thread { what: "vCPU", source })?;
-            vm.vcpus.push(handle);
-        }
+        let vm = parts.launch(vcpus, cpuids, config, false)?;
         log::debug!(
             "VM started in {} us ({} vCPUs, {} MiB)",
             t0.0.elapsed().as_micros(),
@@ -144,6 +93,37 @@ impl Vm {
             vm.config.memory_mib
         );
         Ok(vm)
+    }
+
+    /// Starts the vCPU threads; with `paused` they park before running
+    /// guest code and the event loop is parked too.
+    pub(crate) fn spawn_vcpus(&mut self, vcpus: Vec<Vcpu>, paused: bool) -> Result<(), Error> {
+        for vcpu in vcpus {
+            // On failure, `self` drops in the caller and stops what runs.
+            let handle = vcpu
+                .spawn(paused)
+                .map_err(|source| Error::Thread { what: "vCPU", source })?;
+            self.vcpus.push(handle);
+        }
+        if paused {
+            for (index, vcpu) in self.vcpus.iter().enumerate() {
+                if vcpu.recv(ANSWER_TIMEOUT) != Some(VcpuResponse::Paused) {
+                    return Err(Error::VcpuUnresponsive {
+                        index,
+                        request: "pause",
+                    });
+                }
+            }
+            if let Some(el) = &self.event_loop {
+                el.pause(ANSWER_TIMEOUT);
+            }
+            *self.lock_paused() = true;
+        }
+        Ok(())
+    }
+
+    fn lock_paused(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.paused.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Blocks until the VM exits, and returns why.
@@ -172,27 +152,30 @@ impl Vm {
             vcpu.send(VcpuRequest::Finish);
         }
         self.run_state.kick_all();
+        if let Some(el) = &self.event_loop {
+            el.resume();
+        }
         self.wait()
     }
 
     /// Stops every vCPU at an instruction boundary (any exit in flight has
-    /// completed). Idempotent.
+    /// completed) and parks device processing. Idempotent.
     pub fn pause(&self) -> Result<(), Error> {
         self.transition(true)
     }
 
-    /// Lets paused vCPUs run again. Idempotent.
+    /// Lets a paused VM run again. Idempotent.
     pub fn resume(&self) -> Result<(), Error> {
         self.transition(false)
     }
 
     /// True while paused.
     pub fn is_paused(&self) -> bool {
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+        *self.lock_paused()
     }
 
     fn transition(&self, pause: bool) -> Result<(), Error> {
-        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut paused = self.lock_paused();
         if *paused == pause {
             return Ok(());
         }
@@ -204,6 +187,11 @@ impl Vm {
         } else {
             ("resume", VcpuResponse::Resumed)
         };
+        if !pause {
+            if let Some(el) = &self.event_loop {
+                el.resume();
+            }
+        }
         for vcpu in &self.vcpus {
             vcpu.send(if pause {
                 VcpuRequest::Pause
@@ -215,7 +203,7 @@ impl Vm {
             self.run_state.kick_all();
         }
         for (index, vcpu) in self.vcpus.iter().enumerate() {
-            match vcpu.recv(VCPU_ANSWER_TIMEOUT) {
+            match vcpu.recv(ANSWER_TIMEOUT) {
                 Some(r) if r == expected => {}
                 Some(VcpuResponse::Exited) => {
                     return Err(Error::NotRunning(
@@ -223,6 +211,16 @@ impl Vm {
                     ))
                 }
                 _ => return Err(Error::VcpuUnresponsive { index, request: name }),
+            }
+        }
+        if pause {
+            if let Some(el) = &self.event_loop {
+                if !el.pause(ANSWER_TIMEOUT) {
+                    return Err(Error::VcpuUnresponsive {
+                        index: usize::MAX,
+                        request: "pause (event loop)",
+                    });
+                }
             }
         }
         *paused = pause;
@@ -247,45 +245,6 @@ impl Vm {
         self.devices.disks.iter().map(|m| m.snapshot()).collect()
     }
 
-    /// Connects to guest vsock port `port` (host-initiated), returning the
-    /// byte stream. Uses the VM's Unix socket, like any external client.
-    pub fn vsock_connect(&self, port: u32) -> Result<UnixStream, VsockConnectError> {
-        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
-        vsock::connect(&v.uds_path, port)
-    }
-
-    /// Accepts guest connections to host port `port` (the guest connects
-    /// to CID 2, port `port`). The listener lives at `<uds_path>_<port>`.
-    pub fn vsock_listen(&self, port: u32) -> Result<UnixListener, VsockConnectError> {
-        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
-        vsock::listen(&v.uds_path, port).map_err(|source| VsockConnectError::Socket {
-            path: v.uds_path.clone(),
-            source,
-        })
-    }
-
-    /// A client for the guest agent on its default vsock port.
-    pub fn agent(&self) -> Result<AgentClient, VsockConnectError> {
-        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
-        Ok(AgentClient::new(&v.uds_path, DEFAULT_AGENT_PORT))
-    }
-
-    /// Runs a command in the guest through its agent (e.g.
-    /// `vm.exec(&["uname", "-a"])`).
-    pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> Result<ExecOutput, AgentError> {
-        self.agent()?.exec(&agent::command(argv))
-    }
-
-    /// Writes a file in the guest through its agent.
-    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), AgentError> {
-        self.agent()?.write_file(path, data, mode)
-    }
-
-    /// Reads a file from the guest through its agent.
-    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
-        self.agent()?.read_file(path)
-    }
-
     /// Queues bytes on the guest's serial input; returns how many fitted.
     pub fn send_serial_input(&self, bytes: &[u8]) -> usize {
         self.devices.serial.enqueue_input(bytes)
@@ -298,19 +257,9 @@ impl Vm {
         self.run_state.exit_evt().as_raw_fd()
     }
 
-    /// The configuration this VM was started with.
+    /// The configuration this VM runs with (after restore overrides).
     pub fn config(&self) -> &VmConfig {
         &self.config
-    }
-
-    #[allow(dead_code)]
-    pub(crate) fn memory(&self) -> &GuestMemoryMmap {
-        &self.memory
-    }
-
-    #[allow(dead_code)]
-    pub(crate) fn kvm_vm(&self) -> &KvmVm {
-        &self.kvm_vm
     }
 }
 

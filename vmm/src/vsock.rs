@@ -36,6 +36,25 @@ pub enum VsockConnectError {
     BadReply(String),
 }
 
+impl crate::Vm {
+    /// Connects to guest vsock port `port` (host-initiated), returning the
+    /// byte stream. Uses the VM's Unix socket, like any external client.
+    pub fn vsock_connect(&self, port: u32) -> Result<UnixStream, VsockConnectError> {
+        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
+        connect(&v.uds_path, port)
+    }
+
+    /// Accepts guest connections to host port `port` (the guest connects
+    /// to CID 2, port `port`). The listener lives at `<uds_path>_<port>`.
+    pub fn vsock_listen(&self, port: u32) -> Result<UnixListener, VsockConnectError> {
+        let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
+        listen(&v.uds_path, port).map_err(|source| VsockConnectError::Socket {
+            path: v.uds_path.clone(),
+            source,
+        })
+    }
+}
+
 /// Connects to guest port `port` through the VM's socket at `uds_path`.
 pub fn connect(uds_path: &Path, port: u32) -> Result<UnixStream, VsockConnectError> {
     let socket_err = |source| VsockConnectError::Socket {

@@ -889,7 +889,8 @@ mod persist_tests {
     #[test]
     fn corrupt_state_is_refused() {
         let snap = active().t.save();
-        let cases: Vec<(fn(&mut TransportSnapshot), RestoreError)> = vec![
+        type Corrupt = fn(&mut TransportSnapshot);
+        let cases: Vec<(Corrupt, RestoreError)> = vec![
             (
                 |s| s.device_type = 7,
                 RestoreError::DeviceType { saved: 7, actual: 42 },

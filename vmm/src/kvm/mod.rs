@@ -70,6 +70,8 @@ impl KvmError {
 pub(crate) struct Host {
     pub kvm: Kvm,
     pub cpuid: CpuId,
+    /// MSRs KVM lists as saveable (filtered per vCPU when saving).
+    pub msr_indices: Vec<u32>,
     pub max_vcpus: usize,
     pub tsc_deadline: bool,
 }
@@ -99,7 +101,13 @@ fn open_host() -> Result<Host, KvmError> {
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+    let msr_indices = kvm
+        .get_msr_index_list()
+        .map_err(KvmError::ioctl("KVM_GET_MSR_INDEX_LIST"))?
+        .as_slice()
+        .to_vec();
     Ok(Host {
+        msr_indices,
         max_vcpus: kvm.get_max_vcpus(),
         tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
         cpuid,

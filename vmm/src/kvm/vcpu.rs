@@ -36,7 +36,6 @@ pub(crate) enum VcpuRequest {
     Resume,
     Finish,
     /// Run a closure on the vCPU thread with its fd (used to save state).
-    #[allow(dead_code)]
     With(Box<dyn FnOnce(&mut VcpuFd) + Send>),
 }
 
@@ -91,8 +90,13 @@ impl Vcpu {
         })
     }
 
-    /// CPUID, MSRs, FPU and LAPIC, for any vCPU of `count`.
-    pub fn configure(&self, host: &Host, count: u8) -> Result<(), VcpuError> {
+    /// CPUID, MSRs, FPU and LAPIC, for any vCPU of `count`. Returns the
+    /// CPUID table it set (snapshots save it).
+    pub fn configure(
+        &self,
+        host: &Host,
+        count: u8,
+    ) -> Result<Vec<kvm_bindings::kvm_cpuid_entry2>, VcpuError> {
         let mut cpuid = host.cpuid.clone();
         cpuid::normalize(
             cpuid.as_mut_slice(),
@@ -126,7 +130,7 @@ impl Vcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(KvmError::ioctl("KVM_SET_LAPIC"))?;
-        Ok(())
+        Ok(cpuid.as_slice().to_vec())
     }
 
     /// Points the boot vCPU at the kernel entry. Application processors
@@ -143,14 +147,20 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU thread.
-    pub fn spawn(self) -> io::Result<VcpuHandle> {
+    /// Restores saved state (instead of `configure` and boot registers).
+    pub fn restore_state(&self, state: &super::vcpu_state::VcpuState) -> Result<(), KvmError> {
+        super::vcpu_state::restore(&self.fd, state)
+    }
+
+    /// Starts the vCPU thread; with `paused` it parks (and says so)
+    /// before running any guest code.
+    pub fn spawn(self, paused: bool) -> io::Result<VcpuHandle> {
         let (req_tx, req_rx) = channel();
         let (resp_tx, resp_rx) = channel();
         let run_state = self.run_state.clone();
         let thread = std::thread::Builder::new()
             .name(format!("hearth-vcpu{}", self.index))
-            .spawn(move || self.run(req_rx, resp_tx))?;
+            .spawn(move || self.run(req_rx, resp_tx, paused))?;
         if !run_state.add_kick_target(thread.as_pthread_t() as libc::pthread_t) {
             // Teardown already began; the thread sees `stopping` and ends.
             log::debug!("vCPU spawned during teardown");
@@ -162,8 +172,21 @@ impl Vcpu {
         })
     }
 
-    fn run(mut self, requests: Receiver<VcpuRequest>, responses: Sender<VcpuResponse>) -> VcpuFd {
+    fn run(
+        mut self,
+        requests: Receiver<VcpuRequest>,
+        responses: Sender<VcpuResponse>,
+        paused: bool,
+    ) -> VcpuFd {
         kick::bind(self.fd.get_kvm_run());
+        if paused {
+            let _ = responses.send(VcpuResponse::Paused);
+            if !self.stay_paused(&requests, &responses) {
+                kick::unbind();
+                let _ = responses.send(VcpuResponse::Exited);
+                return self.fd;
+            }
+        }
         while !self.run_state.is_stopping() {
             let action = match self.fd.run() {
                 Ok(exit) => dispatch(&self.io, self.index, exit),

@@ -113,7 +113,14 @@ fn restore_xsave(fd: &VcpuFd, s: &XsaveState) -> Result<(), KvmError> {
 
 /// Saves a paused vCPU. MP state first and vCPU events last, as KVM's
 /// documentation asks.
-pub(crate) fn save(fd: &VcpuFd, msr_indices: &[u32], xsave_size: usize) -> Result<VcpuState, KvmError> {
+/// `cpuid` is the table Hearth set on this vCPU (KVM_GET_CPUID2 is not
+/// used: some KVMs report the host's raw CPUID there).
+pub(crate) fn save(
+    fd: &VcpuFd,
+    cpuid: Vec<kvm_cpuid_entry2>,
+    msr_indices: &[u32],
+    xsave_size: usize,
+) -> Result<VcpuState, KvmError> {
     let mp_state = fd.get_mp_state().map_err(KvmError::ioctl("KVM_GET_MP_STATE"))?;
     let regs = fd.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?;
     let sregs = fd.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
@@ -124,11 +131,6 @@ pub(crate) fn save(fd: &VcpuFd, msr_indices: &[u32], xsave_size: usize) -> Resul
         .map_err(KvmError::ioctl("KVM_GET_DEBUGREGS"))?;
     let lapic = fd.get_lapic().map_err(KvmError::ioctl("KVM_GET_LAPIC"))?;
     let (msrs, _) = read_msrs(fd, msr_indices)?;
-    let cpuid = fd
-        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(KvmError::ioctl("KVM_GET_CPUID2"))?
-        .as_slice()
-        .to_vec();
     let tsc_khz = fd.get_tsc_khz().ok();
     let vcpu_events = fd
         .get_vcpu_events()

@@ -21,6 +21,10 @@ impl KvmVm {
         Ok(Self { fd })
     }
 
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
     /// Registers every RAM region as a memslot.
     ///
     /// Call this before creating the irqchip or any irqfd/ioeventfd: on

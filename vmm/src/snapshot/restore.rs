@@ -1,0 +1,115 @@
+//! Restoring a VM from a snapshot, with per-VM overrides of external
+//! resources so that many clones can run from one snapshot.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use hearth_devices::legacy::boot_timer::process_cpu_time;
+
+use super::{cpu_check, memory, RestoreMemory, Snapshot, SnapshotError, MEMORY_FILE};
+use crate::assemble::{prepare_host, Assembly};
+use crate::config::{DiskConfig, SerialOutput};
+use crate::error::Error;
+use crate::kvm::vm_state;
+use crate::vm::Vm;
+
+/// How to restore: memory mode, and replacements for the resources the
+/// snapshot recorded by name.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// Map memory lazily (default) or load it eagerly.
+    pub memory: RestoreMemory,
+    /// Leave the VM paused (call [`Vm::resume`]).
+    pub paused: bool,
+    /// Serial output (default: what the snapshot recorded, or none).
+    pub serial: Option<SerialOutput>,
+    /// A different vsock socket path (each clone needs its own).
+    pub vsock_uds_path: Option<PathBuf>,
+    /// Replacement disks by index.
+    pub disks: BTreeMap<usize, DiskConfig>,
+}
+
+impl RestoreOptions {
+    /// Defaults: lazy memory, running, resources as recorded.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Memory mode.
+    pub fn memory(mut self, m: RestoreMemory) -> Self {
+        self.memory = m;
+        self
+    }
+    /// Start paused.
+    pub fn paused(mut self, p: bool) -> Self {
+        self.paused = p;
+        self
+    }
+    /// Serial output.
+    pub fn serial(mut self, s: SerialOutput) -> Self {
+        self.serial = Some(s);
+        self
+    }
+    /// vsock socket path.
+    pub fn vsock_uds_path(mut self, p: impl Into<PathBuf>) -> Self {
+        self.vsock_uds_path = Some(p.into());
+        self
+    }
+    /// Replaces disk `index`.
+    pub fn disk(mut self, index: usize, disk: DiskConfig) -> Self {
+        self.disks.insert(index, disk);
+        self
+    }
+}
+
+impl Snapshot {
+    /// Starts a VM from this snapshot.
+    pub fn restore(&self, options: &RestoreOptions) -> Result<Vm, Error> {
+        let t0 = (Instant::now(), process_cpu_time());
+        let state = &self.state;
+        let mut config = state.config.clone();
+        if let Some(s) = &options.serial {
+            config.serial = s.clone();
+        }
+        if let (Some(path), Some(v)) = (&options.vsock_uds_path, config.vsock.as_mut()) {
+            v.uds_path = path.clone();
+        }
+        for (&index, disk) in &options.disks {
+            let slot = config.disks.get_mut(index).ok_or_else(|| {
+                SnapshotError::Inconsistent(format!(
+                    "no disk {index} to replace ({} disks)",
+                    state.config.disks.len()
+                ))
+            })?;
+            *slot = disk.clone();
+        }
+        let host = prepare_host(&config)?;
+        if let Some(first) = state.vcpus.first() {
+            if let Some(gap) = cpu_check::missing_features(host.cpuid.as_slice(), &first.cpuid) {
+                return Err(SnapshotError::CpuFeatures(gap).into());
+            }
+        }
+        let memory = memory::load(&self.dir.join(MEMORY_FILE), state.memory_bytes, options.memory)
+            .map_err(SnapshotError::Memory)?;
+        let mut parts = Assembly::new(host, memory, &config, t0, Some(&state.devices))?;
+        let vcpus = parts.create_vcpus(config.vcpus)?;
+        for (index, (vcpu, saved)) in vcpus.iter().zip(&state.vcpus).enumerate() {
+            vcpu.restore_state(saved)
+                .map_err(|source| SnapshotError::Vcpu { index, source })?;
+        }
+        vm_state::restore(parts.kvm_vm.fd(), &state.vm).map_err(SnapshotError::VmState)?;
+        let cpuids = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
+        let vm = parts.launch(vcpus, cpuids, config, options.paused)?;
+        log::debug!("VM restored in {} us", t0.0.elapsed().as_micros());
+        Ok(vm)
+    }
+}
+
+impl Vm {
+    /// Opens the snapshot in `dir` and starts a VM from it. To restore
+    /// many clones, open it once with [`Snapshot::open`] instead.
+    pub fn restore(dir: impl AsRef<std::path::Path>, options: &RestoreOptions) -> Result<Vm, Error> {
+        Snapshot::open(dir)?.restore(options)
+    }
+}
