@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use hearth::{BootProtocol, DiskConfig, SerialInput, SerialOutput, VmConfig, VsockConfig};
+use hearth::{
+    BootProtocol, DiskConfig, RestoreMemory, RestoreOptions, SerialInput, SerialOutput, VmConfig, VsockConfig,
+};
 
 /// Hearth: boot and run a microVM.
 #[derive(Debug, Parser)]
@@ -18,6 +20,72 @@ pub struct Cli {
 pub enum Command {
     /// Boot a VM and run it until the guest resets or shuts down.
     Run(RunArgs),
+    /// Restore a snapshot in this process and run it.
+    Restore(RestoreArgs),
+}
+
+/// Control of a running VM, for both run and restore.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Serve JSON-lines commands (pause, resume, snapshot, stop, status) here.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory (written by the snapshot command).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Serial console output: stdout, none or file:PATH (default: as saved).
+    #[arg(long, value_name = "SINK", value_parser = parse_serial)]
+    pub serial: Option<SerialOutput>,
+    /// Another vsock socket path (each restored copy needs its own).
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<PathBuf>,
+    /// Replace disk INDEX: INDEX=PATH[,ro][,id=NAME]. Repeatable.
+    #[arg(long, value_name = "INDEX=SPEC", value_parser = parse_disk_override)]
+    pub disk: Vec<(usize, DiskConfig)>,
+    /// Read the whole memory file up front instead of mapping it lazily.
+    #[arg(long)]
+    pub eager: bool,
+    /// Stay paused until a resume command arrives on the API socket.
+    #[arg(long)]
+    pub paused: bool,
+    /// Print the restore time to stderr.
+    #[arg(long)]
+    pub timing: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+fn parse_disk_override(s: &str) -> Result<(usize, DiskConfig), String> {
+    let (index, spec) = s.split_once('=').ok_or("expected INDEX=PATH[,ro][,id=NAME]")?;
+    let index = index
+        .parse::<usize>()
+        .map_err(|_| format!("bad disk index {index:?}"))?;
+    Ok((index, parse_disk(spec)?))
+}
+
+impl RestoreArgs {
+    /// The restore options these flags describe.
+    pub fn options(&self) -> RestoreOptions {
+        let mut o = RestoreOptions::new().paused(self.paused).memory(if self.eager {
+            RestoreMemory::Eager
+        } else {
+            RestoreMemory::Lazy
+        });
+        if let Some(s) = &self.serial {
+            o = o.serial(s.clone());
+        }
+        if let Some(p) = &self.vsock_uds {
+            o = o.vsock_uds_path(p);
+        }
+        for (i, d) in &self.disk {
+            o = o.disk(*i, d.clone());
+        }
+        o
+    }
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +126,8 @@ pub struct RunArgs {
     /// Print the guest-ready time (boot-timer port) to stderr.
     #[arg(long)]
     pub boot_timer: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 fn parse_serial(s: &str) -> Result<SerialOutput, String> {
@@ -191,6 +261,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(r) => r,
+            Command::Restore(_) => unreachable!("run args"),
         }
     }
 
@@ -269,6 +340,34 @@ mod tests {
             .to_config()
             .unwrap_err();
         assert!(e.to_string().contains("guest_cid must be from 3"), "{e}");
+    }
+
+    #[test]
+    fn restore_flags() {
+        let cli = Cli::try_parse_from([
+            "hearth",
+            "restore",
+            "/snap",
+            "--vsock-uds",
+            "/v2.sock",
+            "--disk",
+            "0=/d.img,ro",
+            "--eager",
+            "--paused",
+        ])
+        .unwrap();
+        let Command::Restore(r) = cli.command else {
+            panic!("restore")
+        };
+        let o = r.options();
+        assert_eq!(o.memory, RestoreMemory::Eager);
+        assert!(o.paused);
+        assert_eq!(
+            o.vsock_uds_path.as_deref(),
+            Some(std::path::Path::new("/v2.sock"))
+        );
+        assert_eq!(o.disks.get(&0), Some(&DiskConfig::file("/d.img").read_only(true)));
+        assert!(Cli::try_parse_from(["hearth", "restore", "/s", "--disk", "x=/a"]).is_err());
     }
 
     #[test]

@@ -7,13 +7,43 @@
 // The launcher's job is to talk to the terminal.
 #![allow(clippy::print_stderr)]
 
+mod api;
 mod cli;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Parser;
-use cli::{Cli, Command, RunArgs};
+use cli::{Cli, Command, ControlArgs, RestoreArgs, RunArgs};
 use hearth::Vm;
+
+/// Serves the API socket if asked, waits for the guest, and maps its exit
+/// to the process status.
+fn supervise(vm: Vm, control: &ControlArgs) -> anyhow::Result<ExitCode> {
+    let vm = Arc::new(vm);
+    if let Some(path) = &control.api_sock {
+        api::spawn(vm.clone(), path)?;
+    }
+    let reason = vm.wait();
+    // The API thread may still hold a clone; the process exits right after.
+    drop(vm);
+    if reason.is_clean() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("hearth: {reason}");
+        Ok(ExitCode::from(2))
+    }
+}
+
+fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let t = Instant::now();
+    let vm = Vm::restore(&args.dir, &args.options())?;
+    if args.timing {
+        eprintln!("hearth: restored in {} us", t.elapsed().as_micros());
+    }
+    supervise(vm, &args.control)
+}
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.to_config()?;
@@ -27,14 +57,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let reason = vm.wait();
-    drop(vm);
-    if reason.is_clean() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("hearth: {reason}");
-        Ok(ExitCode::from(2))
-    }
+    supervise(vm, &args.control)
 }
 
 /// The error and its causes on one line, skipping a cause whose text the
@@ -72,6 +95,7 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Run(args) => run(args),
+        Command::Restore(args) => restore(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("hearth: error: {}", one_line(&e));

@@ -1,0 +1,96 @@
+//! The launcher's control socket: one JSON object per line in, one per
+//! line out (docs in README, "Launcher control socket").
+//!
+//! ```text
+//! {"cmd":"status"}                 {"ok":true,"state":"running"}
+//! {"cmd":"pause"}                  {"ok":true}
+//! {"cmd":"snapshot","dir":"/s"}    {"ok":true,"state_bytes":..,"memory_written":..,"ms":..}
+//! {"cmd":"resume"}                 {"ok":true}
+//! {"cmd":"stop"}                   {"ok":true}
+//! anything else                    {"ok":false,"error":"..."}
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hearth::Vm;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+enum Command {
+    Status,
+    Pause,
+    Resume,
+    Snapshot { dir: PathBuf },
+    Stop,
+}
+
+fn handle(vm: &Vm, line: &str) -> Value {
+    let cmd: Command = match serde_json::from_str(line) {
+        Ok(c) => c,
+        Err(e) => return json!({"ok": false, "error": format!("bad command: {e}")}),
+    };
+    let result = match cmd {
+        Command::Status => {
+            let state = match vm.exit_reason() {
+                Some(r) => format!("exited: {r}"),
+                None if vm.is_paused() => "paused".into(),
+                None => "running".into(),
+            };
+            return json!({"ok": true, "state": state});
+        }
+        Command::Pause => vm.pause().map(|()| json!({"ok": true})),
+        Command::Resume => vm.resume().map(|()| json!({"ok": true})),
+        Command::Snapshot { dir } => vm.snapshot(&dir).map(|i| {
+            json!({
+                "ok": true,
+                "state_bytes": i.state_bytes,
+                "memory_bytes": i.memory_bytes,
+                "memory_written": i.memory_written,
+                "ms": i.duration.as_secs_f64() * 1e3,
+            })
+        }),
+        Command::Stop => {
+            vm.stop();
+            Ok(json!({"ok": true}))
+        }
+    };
+    result.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()}))
+}
+
+fn serve(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = handle(vm, &line);
+        writeln!(out, "{reply}")?;
+    }
+    Ok(())
+}
+
+/// Binds `path` (replacing a stale socket) and serves clients one at a
+/// time on a thread of its own until the process exits.
+pub fn spawn(vm: Arc<Vm>, path: &Path) -> anyhow::Result<()> {
+    if path.exists() && UnixStream::connect(path).is_err() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on API socket {}: {e}", path.display()))?;
+    std::thread::Builder::new()
+        .name("hearth-api".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = serve(&vm, stream) {
+                    log::debug!("API client: {e}");
+                }
+            }
+        })?;
+    Ok(())
+}
