@@ -11,6 +11,8 @@ pub(crate) mod format;
 pub(crate) mod memory;
 pub(crate) mod restore;
 pub(crate) mod state;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::path::{Path, PathBuf};
