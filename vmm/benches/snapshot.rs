@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -177,7 +177,7 @@ fn bench_size(mib: u64, runs: usize, base: &Path) {
 
 fn main() {
     let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);
-    let base = PathBuf::from(std::env::temp_dir()).join(format!("hearth-snapbench-{}", std::process::id()));
+    let base = std::env::temp_dir().join(format!("hearth-snapbench-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
     println!("hearth snapshot benchmark: test guest `counter`, 1 vCPU, {runs} runs each");
     for mib in [128, 512] {
