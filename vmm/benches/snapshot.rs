@@ -22,7 +22,11 @@ use hearth::{RestoreOptions, SerialBuffer, SerialOutput, Snapshot, Vm, VmConfig}
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    let m = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    let m = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
     (m, v[0], v[n - 1])
 }
 
@@ -64,7 +68,10 @@ fn restore_options(console: &SerialBuffer) -> RestoreOptions {
 /// as if the guest had used that much memory.
 fn add_used_memory(dir: &Path, mib: usize) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(dir.join(hearth::MEMORY_FILE)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(hearth::MEMORY_FILE))
+        .unwrap();
     let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251 + 1) as u8).collect();
     for i in 0..mib {
         f.write_all_at(&chunk, (64 << 20) + (i << 20) as u64).unwrap();
@@ -120,8 +127,14 @@ fn bench_size(mib: u64, runs: usize, base: &Path) {
         child.kill().unwrap();
         child.wait().unwrap();
         let mut err = String::new();
-        BufReader::new(child.stderr.take().unwrap()).read_line(&mut err).unwrap();
-        let us: f64 = err.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut err)
+            .unwrap();
+        let us: f64 = err
+            .split_whitespace()
+            .nth(3)
+            .and_then(|v| v.parse().ok())
+            .unwrap();
         call.push(us / 1e3);
     }
     row("restore, new process: call -> vCPUs running", "ms", call);
@@ -168,15 +181,33 @@ fn bench_size(mib: u64, runs: usize, base: &Path) {
     let secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(200));
     let pss = pss_kib().saturating_sub(pss0);
-    println!("{:<52} {:>9.1} clones/s (50 in {:.1} ms)", "clones per second, 2 threads", 50.0 / secs, secs * 1e3);
-    println!("{:<52} {:>9.1} MiB ({:.0} KiB per clone; naive {} MiB)", "Pss of 50 running clones", pss as f64 / 1024.0, pss as f64 / 50.0, 50 * mib);
+    println!(
+        "{:<52} {:>9.1} clones/s (50 in {:.1} ms)",
+        "clones per second, 2 threads",
+        50.0 / secs,
+        secs * 1e3
+    );
+    println!(
+        "{:<52} {:>9.1} MiB ({:.0} KiB per clone; naive {} MiB)",
+        "Pss of 50 running clones",
+        pss as f64 / 1024.0,
+        pss as f64 / 50.0,
+        50 * mib
+    );
     let t = Instant::now();
     drop(clones);
-    println!("{:<52} {:>9.1} ms", "  drop of 50 clones", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "{:<52} {:>9.1} ms",
+        "  drop of 50 clones",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 fn main() {
-    let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20);
     let base = std::env::temp_dir().join(format!("hearth-snapbench-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
     println!("hearth snapshot benchmark: test guest `counter`, 1 vCPU, {runs} runs each");

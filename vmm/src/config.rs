@@ -9,6 +9,7 @@ pub use crate::memory::MemoryBacking;
 use crate::serial_output::{SerialBuffer, SerialCallback};
 
 pub use crate::disk::{DiskConfig, DiskFactory};
+pub use crate::net::{NetConfig, NetFactory};
 
 /// Smallest guest memory: the kernel loads at 1 MiB and needs room above it.
 pub const MIN_MEMORY_MIB: u64 = 4;
@@ -113,6 +114,14 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// A network interface entry is invalid.
+    #[error("nets[{index}]: {why}")]
+    Net {
+        /// Which interface.
+        index: usize,
+        /// What is wrong.
+        why: String,
+    },
     /// The vsock entry is invalid.
     #[error("vsock: {0}")]
     Vsock(String),
@@ -172,6 +181,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in order (the first is /dev/vda).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces, in order (the first is eth0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetConfig>,
     /// A virtio-vsock device with a Firecracker-compatible host side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
@@ -215,6 +227,7 @@ impl VmConfig {
                 pit: false,
                 memory_backing: MemoryBacking::default(),
                 disks: Vec::new(),
+                nets: Vec::new(),
                 vsock: None,
             },
         }
@@ -267,6 +280,9 @@ impl VmConfig {
         }
         for (index, disk) in self.disks.iter().enumerate() {
             disk.validate().map_err(|why| ConfigError::Disk { index, why })?;
+        }
+        for (index, net) in self.nets.iter().enumerate() {
+            net.validate().map_err(|why| ConfigError::Net { index, why })?;
         }
         if let Some(v) = &self.vsock {
             if !(3..=u64::from(u32::MAX)).contains(&v.guest_cid) {
@@ -385,6 +401,11 @@ impl VmConfigBuilder {
     /// Adds a disk.
     pub fn disk(mut self, disk: DiskConfig) -> Self {
         self.config.disks.push(disk);
+        self
+    }
+    /// Adds a network interface.
+    pub fn net(mut self, net: NetConfig) -> Self {
+        self.config.nets.push(net);
         self
     }
     /// Adds a vsock device.

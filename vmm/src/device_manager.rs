@@ -14,6 +14,7 @@ use hearth_devices::legacy::i8042::{I8042_PORT, I8042_PORT_LEN};
 use hearth_devices::legacy::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use hearth_devices::legacy::{BootTimer, Cmos, SerialDevice, SerialInput, BOOT_TIMER_PORT, I8042};
 use hearth_devices::virtio::block::{Block, BlockMetrics, BlockOptions, DiskError};
+use hearth_devices::virtio::net::{Net, NetError, NetMetrics, TapError};
 use hearth_devices::virtio::vsock::{Vsock, VsockError};
 use hearth_devices::virtio::{
     MmioTransport, VirtioDevice, VirtioInterrupt, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET,
@@ -66,6 +67,20 @@ pub enum DeviceError {
         /// The error.
         source: io::Error,
     },
+    /// A TAP device is missing, busy or not permitted.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// A custom network backend failed to open.
+    #[error("cannot open network backend {name}: {source}")]
+    CustomNet {
+        /// Its name.
+        name: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The net device could not be created.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The vsock device could not be created.
     #[error(transparent)]
     Vsock(#[from] VsockError),
@@ -84,7 +99,8 @@ pub(crate) struct Devices {
     pub boot_timer: Arc<BootTimer>,
     pub cmos: Arc<Cmos>,
     pub disks: Vec<Arc<BlockMetrics>>,
-    /// Virtio transports in MMIO slot order (disks, then vsock).
+    pub nets: Vec<Arc<NetMetrics>>,
+    /// Virtio transports in MMIO slot order (disks, nets, then vsock).
     pub transports: Vec<Arc<MmioTransport>>,
     /// irqfds stay open as long as the VM.
     _irqfds: Vec<EventFd>,
@@ -250,6 +266,16 @@ pub(crate) fn setup(
         b.add_virtio(Arc::new(Mutex::new(block)))?;
     }
 
+    let mut nets = Vec::with_capacity(config.nets.len());
+    for net in &config.nets {
+        let options = net
+            .options()
+            .map_err(|e| DeviceError::Restore(format!("net {}: {e}", net.tap)))?;
+        let dev = Net::new(net.open()?, &options)?;
+        nets.push(dev.metrics());
+        b.add_virtio(Arc::new(Mutex::new(dev)))?;
+    }
+
     if let Some(v) = &config.vsock {
         let vsock = Vsock::new(v.guest_cid, &v.uds_path)?;
         b.add_virtio(Arc::new(Mutex::new(vsock)))?;
@@ -275,6 +301,7 @@ pub(crate) fn setup(
             boot_timer,
             cmos,
             disks,
+            nets,
             transports: b.transports,
             _irqfds: b.irqfds,
         },

@@ -38,6 +38,7 @@ mod event_loop;
 mod exit;
 mod kvm;
 mod memory;
+mod net;
 mod serial_output;
 mod snapshot;
 mod vm;
@@ -46,14 +47,15 @@ mod vsock;
 pub use agent::{command, AgentClient, AgentError, Exec, ExecOutput, DEFAULT_AGENT_PORT};
 pub use boot::BootError;
 pub use config::{
-    BootProtocol, ConfigError, DiskConfig, DiskFactory, MemoryBacking, SerialInput, SerialOutput, VmConfig,
-    VmConfigBuilder, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    BootProtocol, ConfigError, DiskConfig, DiskFactory, MemoryBacking, NetConfig, NetFactory, SerialInput,
+    SerialOutput, VmConfig, VmConfigBuilder, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 pub use device_manager::DeviceError;
 pub use error::Error;
 pub use exit::ExitReason;
 pub use hearth_devices::legacy::{BootTime, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use hearth_devices::virtio::block::{BlockCounters, DiskBackend, DiskError, FileDisk, MemoryDisk};
+pub use hearth_devices::virtio::net::{GuestOffloads, MemoryNet, NetBackend, NetCounters, TapError};
 pub use kvm::vcpu::VcpuError;
 pub use kvm::KvmError;
 pub use memory::MemoryError;

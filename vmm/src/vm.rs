@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use hearth_devices::legacy::boot_timer::process_cpu_time;
 use hearth_devices::legacy::BootTime;
 use hearth_devices::virtio::block::BlockCounters;
+use hearth_devices::virtio::net::NetCounters;
 
 use crate::assemble::{prepare_host, Assembly};
 use crate::boot::{self, BootFiles, BootSpec};
@@ -243,6 +244,11 @@ impl Vm {
     /// Counters of each disk, in config order.
     pub fn disk_counters(&self) -> Vec<BlockCounters> {
         self.devices.disks.iter().map(|m| m.snapshot()).collect()
+    }
+
+    /// Counters of each network interface, in config order.
+    pub fn net_counters(&self) -> Vec<NetCounters> {
+        self.devices.nets.iter().map(|m| m.snapshot()).collect()
     }
 
     /// Queues bytes on the guest's serial input; returns how many fitted.

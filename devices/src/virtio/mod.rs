@@ -9,6 +9,7 @@ pub mod block;
 pub mod device;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod persist;
 pub mod status;
 pub mod vsock;

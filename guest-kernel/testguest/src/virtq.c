@@ -115,6 +115,13 @@ void virtq_free(struct virtq *q, uint16_t head)
 	q->num_free = (uint16_t)(q->num_free + n);
 }
 
+void virtq_reserve(struct virtq *q, uint16_t n)
+{
+	/* virtq_init chained the free descriptors 0 -> 1 -> ... */
+	q->free_head = n;
+	q->num_free = (uint16_t)(q->size - n);
+}
+
 /*
  * Time base for the bounded waits: the LAPIC timer, masked, periodic from
  * 0xffffffff at 1 GHz, used as a free-running down-counter (programmed on

@@ -18,6 +18,10 @@
  *                    descriptor writes, e.g. for receive buffers or a
  *                    repeated request.
  *   virtq_free()     returns a used chain's descriptors.
+ *   virtq_reserve()  right after virtq_init(): takes descriptors 0..n-1 out
+ *                    of the free list for the caller's own fixed use (it
+ *                    fills them in, e.g. one per buffer, and makes them
+ *                    available with virtq_repost(); never virtq_free()).
  *   virtq_wait()     spins until something is used, then virtq_poll();
  *                    -1 after timeout_ns (LAPIC timer as a free-running
  *                    1 GHz clock, so at most ~4.29 s; virtq owns the LAPIC
@@ -94,6 +98,7 @@ void virtq_notify(const struct virtq *q);
 void virtq_repost(struct virtq *q, uint16_t head);
 int virtq_poll(struct virtq *q, uint32_t *len);
 void virtq_free(struct virtq *q, uint16_t head);
+void virtq_reserve(struct virtq *q, uint16_t n);
 int virtq_wait(struct virtq *q, uint32_t timeout_ns, uint32_t *len);
 int virtq_run(struct virtq *q, const struct virtq_buf *bufs, unsigned n,
 	      uint32_t timeout_ns, uint32_t *len);

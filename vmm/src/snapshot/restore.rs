@@ -9,7 +9,7 @@ use hearth_devices::legacy::boot_timer::process_cpu_time;
 
 use super::{cpu_check, memory, RestoreMemory, Snapshot, SnapshotError, MEMORY_FILE};
 use crate::assemble::{prepare_host, Assembly};
-use crate::config::{DiskConfig, SerialOutput};
+use crate::config::{DiskConfig, NetConfig, SerialOutput};
 use crate::error::Error;
 use crate::kvm::vm_state;
 use crate::vm::Vm;
@@ -29,6 +29,8 @@ pub struct RestoreOptions {
     pub vsock_uds_path: Option<PathBuf>,
     /// Replacement disks by index.
     pub disks: BTreeMap<usize, DiskConfig>,
+    /// Replacement network interfaces by index (e.g. another TAP).
+    pub nets: BTreeMap<usize, NetConfig>,
 }
 
 impl RestoreOptions {
@@ -54,6 +56,11 @@ impl RestoreOptions {
     /// vsock socket path.
     pub fn vsock_uds_path(mut self, p: impl Into<PathBuf>) -> Self {
         self.vsock_uds_path = Some(p.into());
+        self
+    }
+    /// Replaces network interface `index`.
+    pub fn net(mut self, index: usize, net: NetConfig) -> Self {
+        self.nets.insert(index, net);
         self
     }
     /// Replaces disk `index`.
@@ -83,6 +90,12 @@ impl Snapshot {
                 ))
             })?;
             *slot = disk.clone();
+        }
+        for (&index, net) in &options.nets {
+            let slot = config.nets.get_mut(index).ok_or_else(|| {
+                SnapshotError::Inconsistent(format!("no network interface {index} to replace"))
+            })?;
+            *slot = net.clone();
         }
         let host = prepare_host(&config)?;
         if let Some(first) = state.vcpus.first() {

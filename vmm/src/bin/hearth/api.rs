@@ -29,11 +29,29 @@ enum Command {
     Stop,
 }
 
-fn handle(vm: &Vm, line: &str) -> Value {
+/// Answers one command. `stop` is answered before it is carried out: the
+/// process exits as soon as the VM stops.
+fn handle(vm: &Vm, line: &str, out: &mut impl Write) -> std::io::Result<()> {
     let cmd: Command = match serde_json::from_str(line) {
         Ok(c) => c,
-        Err(e) => return json!({"ok": false, "error": format!("bad command: {e}")}),
+        Err(e) => {
+            return writeln!(
+                out,
+                "{}",
+                json!({"ok": false, "error": format!("bad command: {e}")})
+            )
+        }
     };
+    if matches!(cmd, Command::Stop) {
+        writeln!(out, "{}", json!({"ok": true}))?;
+        out.flush()?;
+        vm.stop();
+        return Ok(());
+    }
+    writeln!(out, "{}", reply(vm, cmd))
+}
+
+fn reply(vm: &Vm, cmd: Command) -> Value {
     let result = match cmd {
         Command::Status => {
             let state = match vm.exit_reason() {
@@ -54,10 +72,7 @@ fn handle(vm: &Vm, line: &str) -> Value {
                 "ms": i.duration.as_secs_f64() * 1e3,
             })
         }),
-        Command::Stop => {
-            vm.stop();
-            Ok(json!({"ok": true}))
-        }
+        Command::Stop => Ok(json!({"ok": true})),
     };
     result.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()}))
 }
@@ -69,8 +84,7 @@ fn serve(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let reply = handle(vm, &line);
-        writeln!(out, "{reply}")?;
+        handle(vm, &line, &mut out)?;
     }
     Ok(())
 }

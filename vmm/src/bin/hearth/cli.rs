@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use hearth::{
-    BootProtocol, DiskConfig, RestoreMemory, RestoreOptions, SerialInput, SerialOutput, VmConfig, VsockConfig,
+    BootProtocol, DiskConfig, NetConfig, RestoreMemory, RestoreOptions, SerialInput, SerialOutput, VmConfig,
+    VsockConfig,
 };
 
 /// Hearth: boot and run a microVM.
@@ -46,6 +47,9 @@ pub struct RestoreArgs {
     /// Replace disk INDEX: INDEX=PATH[,ro][,id=NAME]. Repeatable.
     #[arg(long, value_name = "INDEX=SPEC", value_parser = parse_disk_override)]
     pub disk: Vec<(usize, DiskConfig)>,
+    /// Replace network interface INDEX: INDEX=tap=NAME[,mac=MAC]. Repeatable.
+    #[arg(long, value_name = "INDEX=SPEC", value_parser = parse_net_override)]
+    pub net: Vec<(usize, NetConfig)>,
     /// Read the whole memory file up front instead of mapping it lazily.
     #[arg(long)]
     pub eager: bool,
@@ -57,6 +61,14 @@ pub struct RestoreArgs {
     pub timing: bool,
     #[command(flatten)]
     pub control: ControlArgs,
+}
+
+fn parse_net_override(s: &str) -> Result<(usize, NetConfig), String> {
+    let (index, spec) = s.split_once('=').ok_or("expected INDEX=tap=NAME[,mac=MAC]")?;
+    let index = index
+        .parse::<usize>()
+        .map_err(|_| format!("bad net index {index:?}"))?;
+    Ok((index, parse_net(spec)?))
 }
 
 fn parse_disk_override(s: &str) -> Result<(usize, DiskConfig), String> {
@@ -83,6 +95,9 @@ impl RestoreArgs {
         }
         for (i, d) in &self.disk {
             o = o.disk(*i, d.clone());
+        }
+        for (i, n) in &self.net {
+            o = o.net(*i, n.clone());
         }
         o
     }
@@ -117,6 +132,9 @@ pub struct RunArgs {
     /// A virtio-blk disk: PATH[,ro][,id=NAME]. Repeat for more disks.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
+    /// A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,mtu=N][,create]. Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    pub net: Vec<NetConfig>,
     /// A virtio-vsock device: cid=N,uds=PATH (Firecracker-compatible host side).
     #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
@@ -156,6 +174,32 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         }
     }
     Ok(disk)
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut net: Option<NetConfig> = None;
+    let (mut mac, mut mtu, mut create) = (None, None, false);
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("tap", v)) if !v.is_empty() => net = Some(NetConfig::tap(v)),
+            Some(("mac", v)) => mac = Some(v.to_string()),
+            Some(("mtu", v)) => mtu = Some(v.parse::<u16>().map_err(|_| format!("bad mtu {v:?}"))?),
+            None if opt == "create" => create = true,
+            _ => {
+                return Err(format!(
+                    "unknown net option {opt:?}; expected tap=NAME[,mac=MAC][,mtu=N][,create]"
+                ))
+            }
+        }
+    }
+    let mut net = net.ok_or("expected tap=NAME")?.create(create);
+    if let Some(m) = mac {
+        net = net.mac(m);
+    }
+    if let Some(m) = mtu {
+        net = net.mtu(m);
+    }
+    Ok(net)
 }
 
 fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
@@ -215,6 +259,9 @@ impl RunArgs {
             for d in &c.disks {
                 b = b.disk(d.clone());
             }
+            for n in &c.nets {
+                b = b.net(n.clone());
+            }
             if let Some(v) = &c.vsock {
                 b = b.vsock(v.clone());
             }
@@ -244,6 +291,9 @@ impl RunArgs {
         }
         for d in &self.disk {
             b = b.disk(d.clone());
+        }
+        for n in &self.net {
+            b = b.net(n.clone());
         }
         if let Some(v) = &self.vsock {
             b = b.vsock(v.clone());
@@ -326,6 +376,31 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["hearth", "run", "--disk", "/a,rw"]).is_err());
         assert!(Cli::try_parse_from(["hearth", "run", "--disk", ",ro"]).is_err());
+    }
+
+    #[test]
+    fn net_spec() {
+        let c = run_args(&[
+            "--kernel",
+            "/k",
+            "--net",
+            "tap=tap0,mac=52:54:00:00:00:01,mtu=9000",
+            "--net",
+            "tap=t1,create",
+        ])
+        .to_config()
+        .unwrap();
+        assert_eq!(
+            c.nets[0],
+            NetConfig::tap("tap0").mac("52:54:00:00:00:01").mtu(9000)
+        );
+        assert!(c.nets[1].create);
+        assert!(Cli::try_parse_from(["hearth", "run", "--net", "mac=52:54:00:00:00:01"]).is_err());
+        assert!(Cli::try_parse_from(["hearth", "run", "--net", "tap=t,speed=9"]).is_err());
+        let e = run_args(&["--kernel", "/k", "--net", "tap=t,mac=ff:ff:ff:ff:ff:ff"])
+            .to_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("multicast"), "{e}");
     }
 
     #[test]

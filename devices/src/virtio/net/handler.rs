@@ -1,0 +1,449 @@
+//! The queue loops: frames from the guest to the backend (tx), and from the
+//! backend to the guest through a bounded backlog (rx). No fds here: the
+//! backend is a trait object and the event loop lives in `event_handler`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+use super::backend::NetBackend;
+use super::metrics::NetMetrics;
+use super::rxtx::{
+    self, parse_rx_chain, plan_rx, write_rx_frame, RxChain, RxPlan, MAX_CHAIN_DESCRIPTORS, MAX_PACKET_LEN,
+    VNET_HDR_LEN,
+};
+use crate::GuestMemoryMmap;
+
+/// Frames the receive backlog holds at most.
+pub const RX_BACKLOG_FRAMES: usize = 64;
+/// Bytes the receive backlog holds at most (give or take the last frame).
+pub const RX_BACKLOG_BYTES: usize = 1 << 20;
+
+/// The queue is broken: the device needs a reset.
+#[derive(Debug, thiserror::Error)]
+#[error("virtqueue error: {0}")]
+pub struct QueueError(#[from] virtio_queue::Error);
+
+/// Kinds of problem, each logged once per device.
+#[derive(Clone, Copy, Debug)]
+enum Warn {
+    TxMalformed = 0,
+    TxBackend,
+    RxBackend,
+    RxBuffer,
+    RxTooBig,
+}
+
+#[derive(Debug, Default)]
+struct Warnings(u8);
+
+impl Warnings {
+    fn warn(&mut self, kind: Warn, msg: std::fmt::Arguments) {
+        let bit = 1u8 << kind as u8;
+        if self.0 & bit == 0 {
+            self.0 |= bit;
+            log::warn!("virtio-net: {msg} (further ones are only counted)");
+        }
+    }
+}
+
+/// Sends every frame the guest queued on the transmit queue.
+#[derive(Debug)]
+pub struct TxHandler {
+    buf: Vec<u8>,
+    descs: Vec<Descriptor>,
+    metrics: Arc<NetMetrics>,
+    warnings: Warnings,
+}
+
+impl TxHandler {
+    /// A handler counting into `metrics`.
+    pub fn new(metrics: Arc<NetMetrics>) -> Self {
+        Self {
+            buf: vec![0; MAX_PACKET_LEN],
+            descs: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS + 1),
+            metrics,
+            warnings: Warnings::default(),
+        }
+    }
+
+    /// Validates the chain in `self.descs` and hands its frame to the
+    /// backend; a bad or refused frame is dropped and counted.
+    fn send(&mut self, mem: &GuestMemoryMmap, backend: &mut dyn NetBackend) {
+        let len = match rxtx::read_tx_frame(&self.descs, mem, &mut self.buf) {
+            Ok(len) => len,
+            Err(e) => {
+                NetMetrics::add(&self.metrics.tx_dropped_malformed, 1);
+                self.warnings
+                    .warn(Warn::TxMalformed, format_args!("dropped a tx frame: {e}"));
+                return;
+            }
+        };
+        match backend.write_frame(&[IoSlice::new(&self.buf[..len])]) {
+            Ok(()) => {
+                NetMetrics::add(&self.metrics.tx_frames, 1);
+                NetMetrics::add(&self.metrics.tx_bytes, (len - VNET_HDR_LEN) as u64);
+            }
+            Err(e) => {
+                NetMetrics::add(&self.metrics.tx_dropped_backend, 1);
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    self.warnings
+                        .warn(Warn::TxBackend, format_args!("backend refused a frame: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Handles every available chain; each goes to the used ring with
+    /// length 0, whatever became of its frame. Returns whether the guest
+    /// needs an interrupt. Notifications are disabled while draining and
+    /// re-checked after re-enabling them, so none is missed with EVENT_IDX.
+    pub fn process(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        backend: &mut dyn NetBackend,
+    ) -> Result<bool, QueueError> {
+        let mut used_any = false;
+        loop {
+            queue.disable_notification(mem)?;
+            loop {
+                let next = queue.iter(mem)?.next();
+                let Some(chain) = next else { break };
+                let head = chain.head_index();
+                self.descs.clear();
+                // One more than allowed, so that too many can be told.
+                self.descs.extend(chain.take(MAX_CHAIN_DESCRIPTORS + 1));
+                self.send(mem, backend);
+                queue.add_used(mem, head, 0)?;
+                used_any = true;
+            }
+            if !queue.enable_notification(mem)? {
+                break;
+            }
+        }
+        Ok(used_any && queue.needs_notification(mem)?)
+    }
+}
+
+/// Frames read from the backend that wait for guest buffers, oldest first.
+#[derive(Debug, Default)]
+pub struct RxBacklog {
+    frames: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+impl RxBacklog {
+    /// Whether the device may read another frame from the backend. Once
+    /// it may not, the device stops reading (and polling) until the guest
+    /// takes frames, so the backlog never exceeds [`RX_BACKLOG_FRAMES`]
+    /// frames or [`RX_BACKLOG_BYTES`] plus one frame.
+    pub fn has_room(&self) -> bool {
+        self.frames.len() < RX_BACKLOG_FRAMES && self.bytes < RX_BACKLOG_BYTES
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no frame waits.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn push(&mut self, frame: Vec<u8>) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    fn pop(&mut self) {
+        if let Some(f) = self.frames.pop_front() {
+            self.bytes -= f.len();
+        }
+    }
+
+    /// Drops every frame; returns how many there were.
+    fn clear(&mut self) -> usize {
+        let n = self.frames.len();
+        self.frames.clear();
+        self.bytes = 0;
+        n
+    }
+}
+
+/// What became of one received frame.
+enum Placed {
+    Delivered,
+    Dropped,
+    /// The guest has not posted enough buffers: try again later.
+    Stalled,
+}
+
+/// The receive queue's side: chains taken from the ring but not used yet
+/// (a frame spread over mergeable buffers may wait for more of them).
+#[derive(Debug)]
+struct RxRing {
+    held: VecDeque<RxChain>,
+    descs: Vec<Descriptor>,
+    used: Vec<(u16, u32)>,
+    used_any: bool,
+    mergeable: bool,
+    metrics: Arc<NetMetrics>,
+    warnings: Warnings,
+}
+
+impl RxRing {
+    fn add_used(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        queue.add_used(mem, head, len)?;
+        self.used_any = true;
+        Ok(())
+    }
+
+    /// Takes the next chain from the ring into `held`; false if none.
+    /// Malformed chains go back to the guest unused.
+    fn take_chain(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        let next = queue.iter(mem)?.next();
+        let Some(chain) = next else {
+            return Ok(false);
+        };
+        let head = chain.head_index();
+        self.descs.clear();
+        self.descs.extend(chain.take(MAX_CHAIN_DESCRIPTORS + 1));
+        match parse_rx_chain(head, &self.descs, mem) {
+            Ok(c) => self.held.push_back(c),
+            Err(e) => {
+                NetMetrics::add(&self.metrics.rx_invalid_buffers, 1);
+                self.warnings.warn(
+                    Warn::RxBuffer,
+                    format_args!("returned an unusable rx buffer: {e}"),
+                );
+                self.add_used(queue, mem, head, 0)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Puts one packet (header first) into guest buffers.
+    fn place(
+        &mut self,
+        packet: &mut [u8],
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Placed, QueueError> {
+        let max_chains = usize::from(queue.size());
+        loop {
+            match plan_rx(packet.len(), &self.held, self.mergeable, max_chains) {
+                RxPlan::Fits(n) => {
+                    self.used.clear();
+                    let result = write_rx_frame(packet, &self.held, n, mem, &mut self.used);
+                    let ok = result.is_ok();
+                    for i in 0..n {
+                        let (head, len) = match self.used.get(i) {
+                            Some(&(head, len)) if ok => (head, len),
+                            _ => (self.held[i].head, 0),
+                        };
+                        self.add_used(queue, mem, head, len)?;
+                    }
+                    self.held.drain(..n);
+                    if let Err(e) = result {
+                        // Checked chains in memory that cannot shrink: not
+                        // expected, but never a panic.
+                        NetMetrics::add(&self.metrics.rx_dropped_no_buffer, 1);
+                        self.warnings
+                            .warn(Warn::RxBuffer, format_args!("cannot write an rx frame: {e}"));
+                        return Ok(Placed::Dropped);
+                    }
+                    NetMetrics::add(&self.metrics.rx_frames, 1);
+                    NetMetrics::add(&self.metrics.rx_bytes, (packet.len() - VNET_HDR_LEN) as u64);
+                    return Ok(Placed::Delivered);
+                }
+                RxPlan::TooBig => {
+                    NetMetrics::add(&self.metrics.rx_dropped_no_buffer, 1);
+                    self.warnings.warn(
+                        Warn::RxTooBig,
+                        format_args!(
+                            "dropped a {}-byte rx frame larger than the guest's buffers",
+                            packet.len()
+                        ),
+                    );
+                    return Ok(Placed::Dropped);
+                }
+                RxPlan::NeedMore => {
+                    if !self.take_chain(queue, mem)? {
+                        return Ok(Placed::Stalled);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Moves frames from the backend to the receive queue.
+#[derive(Debug)]
+pub struct RxHandler {
+    backlog: RxBacklog,
+    scratch: Vec<u8>,
+    ring: RxRing,
+}
+
+impl RxHandler {
+    /// A handler counting into `metrics`.
+    pub fn new(metrics: Arc<NetMetrics>) -> Self {
+        Self {
+            backlog: RxBacklog::default(),
+            scratch: vec![0; MAX_PACKET_LEN],
+            ring: RxRing {
+                held: VecDeque::new(),
+                descs: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS + 1),
+                used: Vec::new(),
+                used_any: false,
+                mergeable: false,
+                metrics,
+                warnings: Warnings::default(),
+            },
+        }
+    }
+
+    /// Starts over with a new queue; `mergeable` is VIRTIO_NET_F_MRG_RXBUF.
+    pub fn activate(&mut self, mergeable: bool) {
+        self.ring.held.clear();
+        self.ring.mergeable = mergeable;
+    }
+
+    /// Forgets the queue; frames still waiting are dropped and counted.
+    pub fn reset(&mut self) {
+        self.ring.held.clear();
+        let n = self.backlog.clear();
+        NetMetrics::add(&self.ring.metrics.rx_dropped_no_buffer, n as u64);
+    }
+
+    /// The backlog.
+    pub fn backlog(&self) -> &RxBacklog {
+        &self.backlog
+    }
+
+    /// Reads one frame from the backend into `scratch`.
+    fn read(&mut self, backend: &mut dyn NetBackend) -> Option<usize> {
+        loop {
+            match backend.read_frame(&mut self.scratch) {
+                Ok(0) => return None,
+                Ok(n) if n >= VNET_HDR_LEN => return Some(n.min(self.scratch.len())),
+                Ok(n) => {
+                    NetMetrics::add(&self.ring.metrics.rx_backend_errors, 1);
+                    self.ring.warnings.warn(
+                        Warn::RxBackend,
+                        format_args!("backend gave a {n}-byte frame, shorter than the header"),
+                    );
+                    return None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    NetMetrics::add(&self.ring.metrics.rx_backend_errors, 1);
+                    self.ring
+                        .warnings
+                        .warn(Warn::RxBackend, format_args!("reading the backend failed: {e}"));
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The guest ran out of buffers: read ahead into the backlog while it
+    /// has room, then leave the rest to the backend (and its own queue).
+    fn fill_backlog(&mut self, backend: &mut dyn NetBackend) {
+        while self.backlog.has_room() {
+            let Some(n) = self.read(backend) else { break };
+            self.backlog.push(self.scratch[..n].to_vec());
+        }
+    }
+
+    /// Delivers the backlog, then frames straight from the backend, until
+    /// one of them runs out. Returns whether it stopped for lack of guest
+    /// buffers.
+    fn deliver(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        backend: &mut dyn NetBackend,
+    ) -> Result<bool, QueueError> {
+        while let Some(frame) = self.backlog.frames.front_mut() {
+            match self.ring.place(frame, queue, mem)? {
+                Placed::Delivered | Placed::Dropped => self.backlog.pop(),
+                Placed::Stalled => {
+                    self.fill_backlog(backend);
+                    return Ok(true);
+                }
+            }
+        }
+        loop {
+            let Some(n) = self.read(backend) else {
+                return Ok(false);
+            };
+            match self.ring.place(&mut self.scratch[..n], queue, mem)? {
+                Placed::Delivered | Placed::Dropped => {}
+                Placed::Stalled => {
+                    self.backlog.push(self.scratch[..n].to_vec());
+                    self.fill_backlog(backend);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Fills the guest's receive buffers as far as they and the backend
+    /// allow. Returns whether the guest needs an interrupt. If it stopped
+    /// for lack of buffers, it re-checks after re-enabling notifications,
+    /// so buffers posted meanwhile are not missed (EVENT_IDX-safe).
+    pub fn process(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        backend: &mut dyn NetBackend,
+    ) -> Result<bool, QueueError> {
+        self.ring.used_any = false;
+        loop {
+            queue.disable_notification(mem)?;
+            let stalled = self.deliver(queue, mem, backend)?;
+            let more = queue.enable_notification(mem)?;
+            if !(stalled && more) {
+                break;
+            }
+        }
+        Ok(self.ring.used_any && queue.needs_notification(mem)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_bounds() {
+        let mut b = RxBacklog::default();
+        for _ in 0..RX_BACKLOG_FRAMES {
+            assert!(b.has_room());
+            b.push(vec![0; 100]);
+        }
+        assert!(!b.has_room(), "frame bound");
+        assert_eq!(b.clear(), RX_BACKLOG_FRAMES);
+        assert!(b.is_empty() && b.has_room());
+        for _ in 0..16 {
+            b.push(vec![0; MAX_PACKET_LEN]);
+        }
+        assert!(!b.has_room(), "byte bound");
+        b.pop();
+        assert!(b.has_room());
+        assert_eq!(b.len(), 15);
+    }
+}
