@@ -15,7 +15,9 @@ pub mod linux;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hearth::{BootProtocol, DiskConfig, ExitReason, SerialBuffer, SerialOutput, Vm, VmConfig};
+use hearth::{
+    BootProtocol, DiskConfig, ExitReason, NetConfig, SerialBuffer, SerialOutput, Vm, VmConfig, VsockConfig,
+};
 
 /// The test guest's ELF form.
 pub fn testguest() -> PathBuf {
@@ -50,6 +52,8 @@ pub struct TestVmBuilder {
     protocol: BootProtocol,
     pit: bool,
     disks: Vec<DiskConfig>,
+    nets: Vec<NetConfig>,
+    vsock: Option<VsockConfig>,
 }
 
 impl TestVmBuilder {
@@ -89,6 +93,16 @@ impl TestVmBuilder {
         self.disks.push(d);
         self
     }
+    /// Adds a network interface.
+    pub fn net(mut self, n: NetConfig) -> Self {
+        self.nets.push(n);
+        self
+    }
+    /// Adds a vsock device.
+    pub fn vsock(mut self, v: VsockConfig) -> Self {
+        self.vsock = Some(v);
+        self
+    }
     /// Creates the PIT.
     pub fn pit(mut self, pit: bool) -> Self {
         self.pit = pit;
@@ -108,6 +122,12 @@ impl TestVmBuilder {
         }
         for d in &self.disks {
             b = b.disk(d.clone());
+        }
+        for n in &self.nets {
+            b = b.net(n.clone());
+        }
+        if let Some(v) = &self.vsock {
+            b = b.vsock(v.clone());
         }
         b.build().expect("valid test config")
     }
@@ -131,6 +151,8 @@ impl TestVm {
             protocol: BootProtocol::Auto,
             pit: false,
             disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -145,6 +167,8 @@ impl TestVm {
             protocol: BootProtocol::Auto,
             pit: false,
             disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 
