@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_devices::interrupt::IrqLine;
+use hearth_devices::testing::QueueDriver;
 use hearth_devices::virtio::net::{MemoryNet, Net, NetOptions};
 use hearth_devices::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
 use hearth_devices::GuestMemoryMmap;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -47,68 +47,50 @@ impl IrqLine for NoIrq {
 
 /// The driver's side of a queue whose descriptor i always points at
 /// buffer i; heads are posted again once used.
-struct Driver<'a> {
-    q: MockSplitQueue<'a, GuestMemoryMmap>,
-    mem: &'a GuestMemoryMmap,
-    used_addr: u64,
-    used_seen: u16,
+struct Driver {
+    q: QueueDriver,
 }
 
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap, ring: u64, bufs: u64, len: u32, flags: u16) -> Self {
-        let q = MockSplitQueue::create(mem, GuestAddress(ring), QSIZE);
+impl Driver {
+    fn new(mem: &GuestMemoryMmap, ring: u64, bufs: u64, len: u32, flags: u16) -> Self {
+        let q = QueueDriver::new(mem, ring, QSIZE);
         for i in 0..QSIZE {
-            let d = Descriptor::new(bufs + u64::from(i) * BUF_STRIDE, len, flags, 0);
-            q.desc_table().store(i, RawDescriptor::from(d)).unwrap();
+            q.write_descriptor(
+                i,
+                Descriptor::new(bufs + u64::from(i) * BUF_STRIDE, len, flags, 0),
+            );
         }
-        // MockSplitQueue::create (virtio-queue 0.18) puts the used ring
-        // inside the avail ring (rust-vmm/vm-virtio#400): place it after.
-        let used_addr = (q.avail_addr().0 + 4 + 2 * u64::from(QSIZE) + 2 + 3) & !3;
-        Self {
-            q,
-            mem,
-            used_addr,
-            used_seen: 0,
-        }
+        Self { q }
     }
 
     fn queue(&self) -> Queue {
-        let mut q: Queue = self.q.create_queue().unwrap();
-        q.set_used_ring_address(Some(self.used_addr as u32), Some((self.used_addr >> 32) as u32));
+        let mut q = self.q.queue();
         q.set_event_idx(true);
         q
     }
 
-    fn post(&self, head: u16) {
-        let avail = self.q.avail();
-        let idx = avail.idx().load();
-        avail.ring().ref_at(usize::from(idx % QSIZE)).unwrap().store(head);
-        avail.idx().store(idx.wrapping_add(1));
+    fn post(&mut self, head: u16) {
+        self.q.make_available(head);
     }
 
     /// Reclaims every used entry and posts its head again; returns how many.
     fn recycle(&mut self) -> usize {
-        let idx: u16 = self.mem.read_obj(GuestAddress(self.used_addr + 2)).unwrap();
-        let mut n = 0;
-        while self.used_seen != idx {
-            let elem = self.used_addr + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            let head: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
-            self.post(head as u16);
-            self.used_seen = self.used_seen.wrapping_add(1);
-            n += 1;
+        let used = self.q.used();
+        for &(head, _) in &used {
+            self.q.make_available(head);
         }
-        n
+        used.len()
     }
 }
 
-struct Rig<'a> {
+struct Rig {
     dev: Net,
     backend: MemoryNet,
-    rx: Driver<'a>,
-    tx: Driver<'a>,
+    rx: Driver,
+    tx: Driver,
 }
 
-fn rig(mem: &GuestMemoryMmap, tx_len: u32) -> Rig<'_> {
+fn rig(mem: &GuestMemoryMmap, tx_len: u32) -> Rig {
     let backend = MemoryNet::new().unwrap();
     backend.set_capture_tx(false);
     let mut dev = Net::new(Box::new(backend.clone()), &NetOptions::default()).unwrap();

@@ -9,6 +9,8 @@
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod virtio;
 
 /// Guest memory as every device sees it.

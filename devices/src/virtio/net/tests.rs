@@ -13,7 +13,6 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -22,6 +21,7 @@ use super::device::{MacAddr, Net, NetError, NetOptions, RXQ, TXQ};
 use super::handler::{RX_BACKLOG_BYTES, RX_BACKLOG_FRAMES};
 use super::rxtx::{MAX_PACKET_LEN, VNET_HDR_LEN};
 use crate::interrupt::test_utils::CountingIrq;
+use crate::testing::QueueDriver;
 use crate::virtio::device::{ActivateContext, VirtioDevice};
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::GuestMemoryMmap;
@@ -33,90 +33,43 @@ const V1: u64 = 1 << VIRTIO_F_VERSION_1;
 const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 const MEM_SIZE: u64 = 0x400_0000;
 
-/// The driver's side of one queue.
+/// The driver's side of one queue, remembering each chain's buffers.
 struct Driver {
-    q: MockSplitQueue<'static, GuestMemoryMmap>,
-    mem: &'static GuestMemoryMmap,
-    used_addr: u64,
-    next_desc: u16,
-    used_seen: u16,
+    q: QueueDriver,
     /// Buffers of each posted chain, by head.
     chains: HashMap<u16, Vec<(u64, u32)>>,
 }
 
 impl Driver {
     fn new(mem: &'static GuestMemoryMmap, base: u64) -> Self {
-        let q = MockSplitQueue::create(mem, GuestAddress(base), QSIZE);
-        // MockSplitQueue::create (virtio-queue 0.18) puts the used ring at
-        // the avail ring's start plus its element count, not its byte
-        // length, so the used ring overlaps avail slots QSIZE/2 and up
-        // (rust-vmm/vm-virtio#400). Put it right after the avail ring.
-        let used_addr = (q.avail_addr().0 + 4 + 2 * u64::from(QSIZE) + 2 + 3) & !3;
         Self {
-            q,
-            mem,
-            used_addr,
-            next_desc: 0,
-            used_seen: 0,
+            q: QueueDriver::new(mem, base, QSIZE),
             chains: HashMap::new(),
         }
     }
 
     /// The queue as the device gets it.
     fn queue(&self) -> Queue {
-        let mut q: Queue = self.q.create_queue().unwrap();
-        q.set_used_ring_address(Some(self.used_addr as u32), Some((self.used_addr >> 32) as u32));
-        q
+        self.q.queue()
     }
 
     /// Stores `descs` verbatim at the next free indices and makes the
     /// first one available.
     fn post_raw(&mut self, descs: &[Descriptor]) -> u16 {
-        let head = self.next_desc;
-        for d in descs {
-            self.q
-                .desc_table()
-                .store(self.next_desc, RawDescriptor::from(*d))
-                .unwrap();
-            self.next_desc = (self.next_desc + 1) % QSIZE;
-        }
-        let avail = self.q.avail();
-        let idx = avail.idx().load();
-        avail.ring().ref_at(usize::from(idx % QSIZE)).unwrap().store(head);
-        avail.idx().store(idx.wrapping_add(1));
-        head
+        self.q.post_raw(descs)
     }
 
     /// Posts a chain of (addr, len) buffers, linked with NEXT.
     fn post(&mut self, bufs: &[(u64, u32)], flags: u16) -> u16 {
-        let n = bufs.len() as u16;
-        let descs: Vec<Descriptor> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len))| {
-                let i = i as u16;
-                let last = i + 1 == n;
-                let next = (self.next_desc + i + 1) % QSIZE;
-                Descriptor::new(addr, len, flags | if last { 0 } else { NEXT }, next)
-            })
-            .collect();
-        let head = self.post_raw(&descs);
+        let with_flags: Vec<(u64, u32, u16)> = bufs.iter().map(|&(a, l)| (a, l, flags)).collect();
+        let head = self.q.post(&with_flags);
         self.chains.insert(head, bufs.to_vec());
         head
     }
 
     /// Used entries since the last call: (head, len).
     fn used(&mut self) -> Vec<(u16, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(self.used_addr + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let elem = self.used_addr + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            let id: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
+        self.q.used()
     }
 }
 
@@ -366,12 +319,7 @@ fn malformed_tx_chains_are_dropped_and_counted() {
     let a = g.alloc(1500);
     heads.push(g.tx.post(&[(a, 12), (a + 12, 100)], 0));
     g.tx.q
-        .desc_table()
-        .store(
-            (heads[2] + 1) % QSIZE,
-            RawDescriptor::from(Descriptor::new(a + 12, 100, WRITE, 0)),
-        )
-        .unwrap();
+        .write_descriptor((heads[2] + 1) % QSIZE, Descriptor::new(a + 12, 100, WRITE, 0));
     // Wholly outside guest memory.
     heads.push(g.tx.post(&[(MEM_SIZE + 0x1000, 100)], 0));
     // Lies about its length: starts in memory, runs past its end.
@@ -555,9 +503,9 @@ fn unusable_rx_buffers_are_returned_and_counted() {
 
 #[test]
 fn queue_errors_set_needs_reset() {
-    let (mut dev, g) = setup(V1);
+    let (mut dev, mut g) = setup(V1);
     // The driver claims more new buffers than the queue holds.
-    g.tx.q.avail().idx().store(QSIZE + 1);
+    g.tx.q.set_avail_idx(QSIZE + 1);
     dev.process_tx();
     assert!(g.interrupt.needs_reset());
     assert!(!dev.is_active());
