@@ -8,6 +8,8 @@
 //! - drop/teardown time of an exited VM.
 //!
 //! `cargo bench -p hearth --bench boot [-- RUNS]` (default 30 runs).
+//! `HEARTH_LAUNCHER=path` measures another launcher binary (e.g. the
+//! statically linked one `scripts/bench` builds).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
@@ -53,6 +55,10 @@ impl Stats {
     }
 }
 
+fn launcher() -> String {
+    std::env::var("HEARTH_LAUNCHER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hearth").to_string())
+}
+
 fn config(scenario: &str, console: &SerialBuffer, pit: bool) -> VmConfig {
     VmConfig::builder(hearth_testguest::elf())
         .memory_mib(MEMORY_MIB)
@@ -66,7 +72,7 @@ fn config(scenario: &str, console: &SerialBuffer, pit: bool) -> VmConfig {
 /// Launcher process start to the guest's line on its stdout.
 fn launcher_start_to_ready() -> f64 {
     let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+    let mut child = Command::new(launcher())
         .args([
             "run",
             "--memory",
@@ -113,7 +119,7 @@ fn in_process(pit: bool) -> (f64, f64) {
 
 /// RSS of a running launcher beyond its guest memory mapping, in MiB.
 fn launcher_rss_beyond_guest() -> (f64, f64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+    let mut child = Command::new(launcher())
         .args([
             "run",
             "--memory",
