@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_devices::legacy::boot_timer::process_cpu_time;
+use hearth_devices::rate_limiter::RateLimiter;
 use hearth_devices::testing::QueueDriver;
 use hearth_devices::virtio::block::handler::{process_queue, RequestHandler};
 use hearth_devices::virtio::block::request::Limits;
@@ -79,7 +80,7 @@ fn run(
             mem.write_slice(&h, GuestAddress(hdr(slot))).unwrap();
             d.make_available(head);
         }
-        process_queue(&mut q, mem, handler).unwrap();
+        process_queue(&mut q, mem, handler, &mut RateLimiter::default()).unwrap();
         for (head, _) in d.used() {
             pending.push(head);
             done += 1;

@@ -9,8 +9,10 @@
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
+pub mod rate_limiter;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod throttle;
 pub mod virtio;
 
 /// Guest memory as every device sees it.

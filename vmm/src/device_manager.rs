@@ -100,6 +100,9 @@ pub(crate) struct Devices {
     pub cmos: Arc<Cmos>,
     pub disks: Vec<Arc<BlockMetrics>>,
     pub nets: Vec<Arc<NetMetrics>>,
+    /// The devices themselves, for run-time changes (rate limits).
+    pub blocks: Vec<Arc<Mutex<Block>>>,
+    pub net_devices: Vec<Arc<Mutex<Net>>>,
     /// Virtio transports in MMIO slot order (disks, nets, then vsock).
     pub transports: Vec<Arc<MmioTransport>>,
     /// irqfds stay open as long as the VM.
@@ -256,24 +259,31 @@ pub(crate) fn setup(
     b.irqfds.push(com1_irq);
 
     let mut disks = Vec::with_capacity(config.disks.len());
+    let mut blocks = Vec::with_capacity(config.disks.len());
     for disk in &config.disks {
         let options = BlockOptions {
             read_only: disk.read_only,
             id: disk.id.clone().unwrap_or_default(),
+            rate_limit: disk.rate_limit,
         };
         let block = Block::new(disk.open()?, &options).map_err(DeviceError::EventFd)?;
         disks.push(block.metrics());
-        b.add_virtio(Arc::new(Mutex::new(block)))?;
+        let block = Arc::new(Mutex::new(block));
+        blocks.push(block.clone());
+        b.add_virtio(block)?;
     }
 
     let mut nets = Vec::with_capacity(config.nets.len());
+    let mut net_devices = Vec::with_capacity(config.nets.len());
     for net in &config.nets {
         let options = net
             .options()
             .map_err(|e| DeviceError::Restore(format!("net {}: {e}", net.tap)))?;
         let dev = Net::new(net.open()?, &options)?;
         nets.push(dev.metrics());
-        b.add_virtio(Arc::new(Mutex::new(dev)))?;
+        let dev = Arc::new(Mutex::new(dev));
+        net_devices.push(dev.clone());
+        b.add_virtio(dev)?;
     }
 
     if let Some(v) = &config.vsock {
@@ -302,6 +312,8 @@ pub(crate) fn setup(
             cmos,
             disks,
             nets,
+            blocks,
+            net_devices,
             transports: b.transports,
             _irqfds: b.irqfds,
         },

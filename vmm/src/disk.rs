@@ -6,6 +6,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hearth_devices::rate_limiter::RateLimit;
 use hearth_devices::virtio::block::{DiskBackend, FileDisk};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,9 @@ pub struct DiskConfig {
     /// Serial returned by VIRTIO_BLK_T_GET_ID (up to 20 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Bandwidth (bytes) and request-rate limits; none by default.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub rate_limit: RateLimit,
     /// A custom backend instead of the file (library only).
     #[serde(skip)]
     pub backend: Option<DiskFactory>,
@@ -62,6 +66,7 @@ impl DiskConfig {
             path: path.into(),
             read_only: false,
             id: None,
+            rate_limit: RateLimit::default(),
             backend: None,
         }
     }
@@ -86,10 +91,19 @@ impl DiskConfig {
         self
     }
 
+    /// Limits the disk's bandwidth and request rate.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = limit;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.backend.is_none() && self.path.as_os_str().is_empty() {
             return Err("path must be set".into());
         }
+        self.rate_limit
+            .validate()
+            .map_err(|e| format!("rate_limit: {e}"))?;
         if let Some(id) = &self.id {
             if id.len() > 20 {
                 return Err(format!("id {id:?} is longer than 20 bytes"));
@@ -123,5 +137,11 @@ mod tests {
         assert!(DiskConfig::file("").validate().is_err());
         assert!(DiskConfig::file("/x").id("a".repeat(21)).validate().is_err());
         assert!(DiskConfig::file("/x").id("tab\t").validate().is_err());
+        let zero = RateLimit {
+            bandwidth: Some(hearth_devices::rate_limiter::BucketConfig::per_second(0)),
+            ops: None,
+        };
+        let e = DiskConfig::file("/x").rate_limit(zero).validate().unwrap_err();
+        assert!(e.contains("rate_limit: bandwidth"), "{e}");
     }
 }

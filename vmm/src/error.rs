@@ -55,6 +55,16 @@ pub enum Error {
         /// The request.
         request: &'static str,
     },
+    /// No device has this index.
+    #[error("there is no {kind} {index}: the VM has {count}")]
+    NoSuchDevice {
+        /// "disk" or "net".
+        kind: &'static str,
+        /// The index asked for.
+        index: usize,
+        /// How many there are.
+        count: usize,
+    },
     /// An eventfd or signal handler could not be set up.
     #[error("cannot set up {what}: {source}")]
     Setup {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
+use hearth_devices::rate_limiter::RateLimit;
 use hearth_devices::virtio::net::{MacAddr, NetBackend, NetOptions, Tap};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,12 @@ pub struct NetConfig {
     /// default a missing TAP is an error.
     #[serde(default)]
     pub create: bool,
+    /// Limits on what the guest receives; none by default.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub rx_rate_limit: RateLimit,
+    /// Limits on what the guest sends; none by default.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub tx_rate_limit: RateLimit,
     /// A custom backend instead of the TAP (library only).
     #[serde(skip)]
     pub backend: Option<NetFactory>,
@@ -65,6 +72,8 @@ impl NetConfig {
             mac: None,
             mtu: None,
             create: false,
+            rx_rate_limit: RateLimit::default(),
+            tx_rate_limit: RateLimit::default(),
             backend: None,
         }
     }
@@ -95,14 +104,29 @@ impl NetConfig {
         self
     }
 
+    /// Limits what the guest receives and sends.
+    pub fn rate_limits(mut self, rx: RateLimit, tx: RateLimit) -> Self {
+        self.rx_rate_limit = rx;
+        self.tx_rate_limit = tx;
+        self
+    }
+
     pub(crate) fn options(&self) -> Result<NetOptions, String> {
         let mac = match &self.mac {
             Some(m) => Some(m.parse::<MacAddr>().map_err(|e| format!("mac {m:?}: {e}"))?),
             None => None,
         };
+        self.rx_rate_limit
+            .validate()
+            .map_err(|e| format!("rx_rate_limit: {e}"))?;
+        self.tx_rate_limit
+            .validate()
+            .map_err(|e| format!("tx_rate_limit: {e}"))?;
         let options = NetOptions {
             mac,
             mtu: self.mtu.unwrap_or(1500),
+            rx_rate_limit: self.rx_rate_limit,
+            tx_rate_limit: self.tx_rate_limit,
         };
         if options.mac.is_some_and(|m| m.is_multicast()) {
             return Err(format!(

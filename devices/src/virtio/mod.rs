@@ -27,3 +27,12 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = virtio_bindings::virtio_ring::VIRTIO_RI
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// Offset of the QueueNotify register, where ioeventfds attach.
 pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+
+/// What one pass over a queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueOutcome {
+    /// The guest needs an interrupt.
+    pub notify: bool,
+    /// The rate limiter stopped the pass; retry after this long.
+    pub throttled: Option<std::time::Duration>,
+}

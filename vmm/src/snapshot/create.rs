@@ -72,6 +72,7 @@ impl Vm {
             virtio: self.devices.transports.iter().map(|t| t.save()).collect(),
         };
         let mut config = self.config.clone();
+        self.devices.record_rate_limits(&mut config);
         if matches!(config.serial, SerialOutput::Buffer(_) | SerialOutput::Callback(_)) {
             config.serial = SerialOutput::None;
         }

@@ -14,6 +14,8 @@ use super::backend::DiskBackend;
 use super::handler::{process_queue, RequestHandler};
 use super::metrics::BlockMetrics;
 use super::request::{Limits, SECTOR_SIZE};
+use crate::rate_limiter::RateLimit;
+use crate::throttle::Throttle;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::GuestMemoryMmap;
@@ -38,6 +40,8 @@ pub struct BlockOptions {
     pub read_only: bool,
     /// The GET_ID serial (up to 20 bytes).
     pub id: String,
+    /// Bandwidth and request-rate limits.
+    pub rate_limit: RateLimit,
 }
 
 struct Active {
@@ -53,6 +57,7 @@ pub struct Block {
     queue_evts: [EventFd; 1],
     pub(super) activate_evt: EventFd,
     handler: RequestHandler,
+    pub(super) throttle: Throttle,
     active: Option<Active>,
     metrics: Arc<BlockMetrics>,
 }
@@ -112,6 +117,7 @@ impl Block {
             queue_evts: [EventFd::new(EFD_NONBLOCK)?],
             activate_evt: EventFd::new(EFD_NONBLOCK)?,
             handler: RequestHandler::new(backend, limits, &options.id, metrics.clone()),
+            throttle: Throttle::new(options.rate_limit)?,
             active: None,
             metrics,
         })
@@ -127,14 +133,40 @@ impl Block {
         self.active.is_some()
     }
 
-    /// Processes the request queue (the event loop calls this on a notify).
+    /// The rate limits in force.
+    pub fn rate_limit(&self) -> RateLimit {
+        self.throttle.config()
+    }
+
+    /// Replaces the rate limits; takes effect on the next request.
+    pub fn set_rate_limit(&mut self, limit: RateLimit) {
+        self.throttle.update(limit);
+    }
+
+    /// Processes the request queue (the event loop calls this on a notify
+    /// and when the rate limiter's timer fires).
     pub fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        match process_queue(&mut active.queue, &active.mem, &mut self.handler) {
-            Ok(true) => active.interrupt.signal_used_queue(),
-            Ok(false) => {}
+        if self.throttle.is_blocked() {
+            return;
+        }
+        match process_queue(
+            &mut active.queue,
+            &active.mem,
+            &mut self.handler,
+            self.throttle.limiter(),
+        ) {
+            Ok(outcome) => {
+                if outcome.notify {
+                    active.interrupt.signal_used_queue();
+                }
+                if let Some(wait) = outcome.throttled {
+                    BlockMetrics::add(&self.metrics.throttled, 1);
+                    self.throttle.block_for(wait);
+                }
+            }
             Err(e) => {
                 log::warn!("virtio-blk: {e}; the device needs a reset");
                 active.interrupt.set_needs_reset();

@@ -32,12 +32,17 @@ impl MutEventSubscriber for Block {
         } else if fd == self.queue_events()[0].as_raw_fd() {
             let _ = self.queue_events()[0].read();
             self.process_queue();
+        } else if fd == self.throttle.timer_fd() && self.throttle.on_timer() {
+            self.process_queue();
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
             log::error!("virtio-blk: cannot watch the activation eventfd: {e}");
+        }
+        if let Err(e) = ops.add(Events::new_raw(self.throttle.timer_fd(), EventSet::IN)) {
+            log::error!("virtio-blk: cannot watch the rate limiter timer: {e}");
         }
         if self.is_active() {
             self.set_queue_watch(ops);

@@ -10,6 +10,8 @@ use vm_memory::{Bytes, GuestAddress};
 use super::backend::DiskBackend;
 use super::metrics::BlockMetrics;
 use super::request::{self, Limits, Request, RequestType, Segment, ID_BYTES};
+use crate::rate_limiter::RateLimiter;
+use crate::virtio::QueueOutcome;
 use crate::GuestMemoryMmap;
 
 /// Largest piece moved between the disk and guest memory at once; this
@@ -65,6 +67,8 @@ pub struct RequestHandler {
     buf: Vec<u8>,
     metrics: Arc<BlockMetrics>,
     warned: bool,
+    /// Size of the request the limiter last held back.
+    last_throttled_bytes: u64,
 }
 
 impl std::fmt::Debug for RequestHandler {
@@ -88,6 +92,7 @@ impl RequestHandler {
             buf: Vec::new(),
             metrics,
             warned: false,
+            last_throttled_bytes: 0,
         }
     }
 
@@ -103,19 +108,34 @@ impl RequestHandler {
         }
     }
 
-    /// Parses, executes and answers one chain. Returns the used length.
-    pub fn handle(&mut self, descs: &[Descriptor], mem: &GuestMemoryMmap) -> u32 {
+    /// Parses, executes and answers one chain. Returns the used length,
+    /// or `None` when the rate limiter holds the request back (nothing was
+    /// done; the chain must be handed back to the ring).
+    pub fn handle(
+        &mut self,
+        descs: &[Descriptor],
+        mem: &GuestMemoryMmap,
+        limiter: &mut RateLimiter,
+    ) -> Option<u32> {
         let req = match request::parse(descs, mem, &self.limits) {
             Ok(r) => r,
             Err(e) => {
                 BlockMetrics::add(&self.metrics.invalid_requests, 1);
                 self.warn_once(format_args!("refused a request: {e}"));
-                return match (e.status(), request::status_address(descs, mem)) {
+                return Some(match (e.status(), request::status_address(descs, mem)) {
                     (Some(status), Some(addr)) if mem.write_obj(status, addr).is_ok() => 1,
                     _ => 0,
-                };
+                });
             }
         };
+        let bytes = match req.kind {
+            RequestType::In | RequestType::Out => req.data_len,
+            _ => 0,
+        };
+        if !limiter.consume(bytes) {
+            self.last_throttled_bytes = bytes;
+            return None;
+        }
         let (status, data_written) = match self.execute(&req, mem) {
             Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
             Err(e) => {
@@ -127,10 +147,10 @@ impl RequestHandler {
                 (VIRTIO_BLK_S_IOERR as u8, 0)
             }
         };
-        match mem.write_obj(status, req.status) {
+        Some(match mem.write_obj(status, req.status) {
             Ok(()) => data_written + 1,
             Err(_) => 0,
-        }
+        })
     }
 
     /// Runs a valid request; returns the bytes written to guest memory.
@@ -205,14 +225,15 @@ impl RequestHandler {
 #[error("virtqueue error: {0}")]
 pub struct QueueError(#[from] virtio_queue::Error);
 
-/// Handles every available request. Returns whether the guest needs an
-/// interrupt. Disables notifications while draining and re-checks after
-/// re-enabling them, so no request is missed with EVENT_IDX.
+/// Handles every available request the rate limiter allows. Disables
+/// notifications while draining and re-checks after re-enabling them, so
+/// no request is missed with EVENT_IDX.
 pub fn process_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     handler: &mut RequestHandler,
-) -> Result<bool, QueueError> {
+    limiter: &mut RateLimiter,
+) -> Result<QueueOutcome, QueueError> {
     // Bounds the descriptors read per chain, whatever an indirect table says.
     let max_descs = handler.limits().max_segments + 3;
     let mut used_any = false;
@@ -226,8 +247,19 @@ pub fn process_queue(
             if batch.is_empty() {
                 break;
             }
-            for (head, descs) in batch {
-                let len = handler.handle(&descs, mem);
+            let total = batch.len();
+            for (done, (head, descs)) in batch.into_iter().enumerate() {
+                let Some(len) = handler.handle(&descs, mem, limiter) else {
+                    // Give this chain and the rest of the batch back.
+                    for _ in done..total {
+                        queue.go_to_previous_position();
+                    }
+                    let notify = used_any && queue.needs_notification(mem)?;
+                    return Ok(QueueOutcome {
+                        notify,
+                        throttled: Some(limiter.wait_time(handler.last_throttled_bytes)),
+                    });
+                };
                 queue.add_used(mem, head, len)?;
                 used_any = true;
             }
@@ -236,7 +268,10 @@ pub fn process_queue(
             break;
         }
     }
-    Ok(used_any && queue.needs_notification(mem)?)
+    Ok(QueueOutcome {
+        notify: used_any && queue.needs_notification(mem)?,
+        throttled: None,
+    })
 }
 
 #[cfg(test)]
@@ -304,8 +339,8 @@ mod tests {
             }
             mq.add_desc_chains(&raw, 0).unwrap();
             let mut q: Queue = mq.create_queue().unwrap();
-            let notify = process_queue(&mut q, &self.mem, handler).unwrap();
-            assert!(notify || chains.is_empty());
+            let outcome = process_queue(&mut q, &self.mem, handler, &mut RateLimiter::default()).unwrap();
+            assert!(outcome.notify || chains.is_empty());
             let n = mq.used().idx().load();
             (0..n)
                 .map(|i| {
@@ -340,6 +375,52 @@ mod tests {
             RequestHandler::new(Box::new(disk), limits(sectors), "disk-one", m.clone()),
             m,
         )
+    }
+
+    #[test]
+    fn rate_limiter_holds_requests_on_the_ring() {
+        use crate::rate_limiter::tests::FakeClock;
+        use crate::rate_limiter::{BucketConfig, RateLimit};
+        use crate::testing::QueueDriver;
+        use std::time::Duration;
+
+        let rig = Rig::new();
+        let (mut h, metrics) = handler(MemoryDisk::new(64));
+        let clock = FakeClock::new();
+        // 2 KiB per second, so two 1 KiB reads pass at once.
+        let limit = RateLimit {
+            bandwidth: Some(BucketConfig::per_second(2048)),
+            ops: None,
+        };
+        let mut limiter = RateLimiter::with_clock(limit, Box::new(clock.clone()));
+        let mut d = QueueDriver::new(&rig.mem, 0x1000, 16);
+        let mut q = d.queue();
+        let heads: Vec<u16> = (0..4u64)
+            .map(|i| {
+                rig.hdr(0x10_0000 + i * 0x100, VIRTIO_BLK_T_IN, i);
+                d.post(&[
+                    (0x10_0000 + i * 0x100, 16, 0),
+                    (0x40_0000 + i * 0x1000, 1024, WRITE),
+                    (0x30_0000 + i, 1, WRITE),
+                ])
+            })
+            .collect();
+        let outcome = process_queue(&mut q, &rig.mem, &mut h, &mut limiter).unwrap();
+        assert!(outcome.notify);
+        assert_eq!(
+            outcome.throttled,
+            Some(Duration::from_millis(500) + Duration::from_nanos(1))
+        );
+        assert_eq!(d.used(), vec![(heads[0], 1025), (heads[1], 1025)]);
+        // Nothing moves until the tokens are back.
+        let outcome = process_queue(&mut q, &rig.mem, &mut h, &mut limiter).unwrap();
+        assert!(!outcome.notify && outcome.throttled.is_some());
+        assert!(d.used().is_empty());
+        clock.advance(Duration::from_secs(1));
+        let outcome = process_queue(&mut q, &rig.mem, &mut h, &mut limiter).unwrap();
+        assert_eq!(outcome.throttled, None);
+        assert_eq!(d.used(), vec![(heads[2], 1025), (heads[3], 1025)]);
+        assert_eq!(metrics.snapshot().reads, 4);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct BlockMetrics {
     pub io_errors: AtomicU64,
     /// Requests refused as malformed.
     pub invalid_requests: AtomicU64,
+    /// Times the rate limiter held the queue back.
+    pub throttled: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -35,6 +37,7 @@ pub struct BlockCounters {
     pub write_bytes: u64,
     pub io_errors: u64,
     pub invalid_requests: u64,
+    pub throttled: u64,
 }
 
 impl BlockMetrics {
@@ -55,6 +58,7 @@ impl BlockMetrics {
             write_bytes: g(&self.write_bytes),
             io_errors: g(&self.io_errors),
             invalid_requests: g(&self.invalid_requests),
+            throttled: g(&self.throttled),
         }
     }
 }

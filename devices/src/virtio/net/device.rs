@@ -17,6 +17,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::backend::{GuestOffloads, NetBackend};
 use super::handler::{QueueError, RxHandler, TxHandler};
 use super::metrics::NetMetrics;
+use crate::rate_limiter::RateLimit;
+use crate::throttle::Throttle;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::GuestMemoryMmap;
@@ -92,6 +94,10 @@ pub struct NetOptions {
     pub mac: Option<MacAddr>,
     /// The MTU offered (VIRTIO_NET_F_MTU), 68 to 65535.
     pub mtu: u16,
+    /// Limits on frames the guest receives.
+    pub rx_rate_limit: RateLimit,
+    /// Limits on frames the guest sends.
+    pub tx_rate_limit: RateLimit,
 }
 
 impl Default for NetOptions {
@@ -99,6 +105,8 @@ impl Default for NetOptions {
         Self {
             mac: None,
             mtu: DEFAULT_MTU,
+            rx_rate_limit: RateLimit::default(),
+            tx_rate_limit: RateLimit::default(),
         }
     }
 }
@@ -134,6 +142,8 @@ pub struct Net {
     backend: Box<dyn NetBackend>,
     rx: RxHandler,
     tx: TxHandler,
+    pub(super) rx_throttle: Throttle,
+    pub(super) tx_throttle: Throttle,
     active: Option<Active>,
     metrics: Arc<NetMetrics>,
     /// The backend's fd reported an error or hang-up: stop polling it
@@ -198,6 +208,8 @@ impl Net {
             backend,
             rx: RxHandler::new(metrics.clone()),
             tx: TxHandler::new(metrics.clone()),
+            rx_throttle: Throttle::new(options.rx_rate_limit)?,
+            tx_throttle: Throttle::new(options.tx_rate_limit)?,
             active: None,
             metrics,
             backend_broken: false,
@@ -227,10 +239,24 @@ impl Net {
         self.backend.fd()
     }
 
-    /// Whether the event loop should poll the backend: the device is live
-    /// and its receive backlog has room.
+    /// The receive and transmit rate limits in force.
+    pub fn rate_limits(&self) -> (RateLimit, RateLimit) {
+        (self.rx_throttle.config(), self.tx_throttle.config())
+    }
+
+    /// Replaces the receive and transmit rate limits.
+    pub fn set_rate_limits(&mut self, rx: RateLimit, tx: RateLimit) {
+        self.rx_throttle.update(rx);
+        self.tx_throttle.update(tx);
+    }
+
+    /// Whether the event loop should poll the backend: the device is live,
+    /// not throttled, and its receive backlog has room.
     pub fn wants_backend_events(&self) -> bool {
-        self.active.is_some() && !self.backend_broken && self.rx.backlog().has_room()
+        self.active.is_some()
+            && !self.backend_broken
+            && !self.rx_throttle.is_blocked()
+            && self.rx.backlog().has_room()
     }
 
     fn broken_queue(&mut self, which: &str, e: QueueError) {
@@ -250,9 +276,20 @@ impl Net {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        match self.rx.process(&mut a.rx, &a.mem, self.backend.as_mut()) {
-            Ok(true) => a.interrupt.signal_used_queue(),
-            Ok(false) => {}
+        if self.rx_throttle.is_blocked() {
+            return;
+        }
+        let limiter = self.rx_throttle.limiter();
+        match self.rx.process(&mut a.rx, &a.mem, self.backend.as_mut(), limiter) {
+            Ok(outcome) => {
+                if outcome.notify {
+                    a.interrupt.signal_used_queue();
+                }
+                if let Some(wait) = outcome.throttled {
+                    NetMetrics::add(&self.metrics.rx_throttled, 1);
+                    self.rx_throttle.block_for(wait);
+                }
+            }
             Err(e) => self.broken_queue("rx", e),
         }
     }
@@ -263,9 +300,20 @@ impl Net {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        match self.tx.process(&mut a.tx, &a.mem, self.backend.as_mut()) {
-            Ok(true) => a.interrupt.signal_used_queue(),
-            Ok(false) => {}
+        if self.tx_throttle.is_blocked() {
+            return;
+        }
+        let limiter = self.tx_throttle.limiter();
+        match self.tx.process(&mut a.tx, &a.mem, self.backend.as_mut(), limiter) {
+            Ok(outcome) => {
+                if outcome.notify {
+                    a.interrupt.signal_used_queue();
+                }
+                if let Some(wait) = outcome.throttled {
+                    NetMetrics::add(&self.metrics.tx_throttled, 1);
+                    self.tx_throttle.block_for(wait);
+                }
+            }
             Err(e) => self.broken_queue("tx", e),
         }
     }

@@ -59,6 +59,14 @@ impl MutEventSubscriber for Net {
         } else if fd == self.queue_events()[TXQ].as_raw_fd() {
             let _ = self.queue_events()[TXQ].read();
             self.process_tx();
+        } else if fd == self.rx_throttle.timer_fd() {
+            if self.rx_throttle.on_timer() {
+                self.process_rx();
+            }
+        } else if fd == self.tx_throttle.timer_fd() {
+            if self.tx_throttle.on_timer() {
+                self.process_tx();
+            }
         } else if Some(fd) == self.backend_fd() {
             if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
                 if !self.backend_broken {
@@ -77,6 +85,11 @@ impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
             log::error!("virtio-net: cannot watch the activation eventfd: {e}");
+        }
+        for fd in [self.rx_throttle.timer_fd(), self.tx_throttle.timer_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("virtio-net: cannot watch a rate limiter timer: {e}");
+            }
         }
         if self.is_active() {
             self.process_tx();

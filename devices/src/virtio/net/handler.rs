@@ -15,6 +15,8 @@ use super::rxtx::{
     self, parse_rx_chain, plan_rx, write_rx_frame, RxChain, RxPlan, MAX_CHAIN_DESCRIPTORS, MAX_PACKET_LEN,
     VNET_HDR_LEN,
 };
+use crate::rate_limiter::RateLimiter;
+use crate::virtio::QueueOutcome;
 use crate::GuestMemoryMmap;
 
 /// Frames the receive backlog holds at most.
@@ -71,15 +73,30 @@ impl TxHandler {
     }
 
     /// Validates the chain in `self.descs` and hands its frame to the
-    /// backend; a bad or refused frame is dropped and counted.
-    fn send(&mut self, mem: &GuestMemoryMmap, backend: &mut dyn NetBackend) {
-        let len = match rxtx::read_tx_frame(&self.descs, mem, &mut self.buf) {
+    /// backend; a bad or refused frame is dropped and counted. Returns
+    /// `Err(bytes)`, having done nothing, when the rate limiter holds the
+    /// frame back.
+    fn send(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        backend: &mut dyn NetBackend,
+        limiter: &mut RateLimiter,
+    ) -> Result<(), u64> {
+        let frame = rxtx::read_tx_frame(&self.descs, mem, &mut self.buf);
+        // A malformed frame costs an operation but no bytes.
+        let bytes = frame
+            .as_ref()
+            .map_or(0, |len| len.saturating_sub(VNET_HDR_LEN) as u64);
+        if !limiter.consume(bytes) {
+            return Err(bytes);
+        }
+        let len = match frame {
             Ok(len) => len,
             Err(e) => {
                 NetMetrics::add(&self.metrics.tx_dropped_malformed, 1);
                 self.warnings
                     .warn(Warn::TxMalformed, format_args!("dropped a tx frame: {e}"));
-                return;
+                return Ok(());
             }
         };
         match backend.write_frame(&[IoSlice::new(&self.buf[..len])]) {
@@ -95,18 +112,20 @@ impl TxHandler {
                 }
             }
         }
+        Ok(())
     }
 
-    /// Handles every available chain; each goes to the used ring with
-    /// length 0, whatever became of its frame. Returns whether the guest
-    /// needs an interrupt. Notifications are disabled while draining and
-    /// re-checked after re-enabling them, so none is missed with EVENT_IDX.
+    /// Handles every available chain the rate limiter allows; each goes to
+    /// the used ring with length 0, whatever became of its frame.
+    /// Notifications are disabled while draining and re-checked after
+    /// re-enabling them, so none is missed with EVENT_IDX.
     pub fn process(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         backend: &mut dyn NetBackend,
-    ) -> Result<bool, QueueError> {
+        limiter: &mut RateLimiter,
+    ) -> Result<QueueOutcome, QueueError> {
         let mut used_any = false;
         loop {
             queue.disable_notification(mem)?;
@@ -117,7 +136,15 @@ impl TxHandler {
                 self.descs.clear();
                 // One more than allowed, so that too many can be told.
                 self.descs.extend(chain.take(MAX_CHAIN_DESCRIPTORS + 1));
-                self.send(mem, backend);
+                if let Err(bytes) = self.send(mem, backend, limiter) {
+                    // Leave the chain on the ring for when tokens are back;
+                    // notifications stay off until then.
+                    queue.go_to_previous_position();
+                    return Ok(QueueOutcome {
+                        notify: used_any && queue.needs_notification(mem)?,
+                        throttled: Some(limiter.wait_time(bytes)),
+                    });
+                }
                 queue.add_used(mem, head, 0)?;
                 used_any = true;
             }
@@ -125,7 +152,10 @@ impl TxHandler {
                 break;
             }
         }
-        Ok(used_any && queue.needs_notification(mem)?)
+        Ok(QueueOutcome {
+            notify: used_any && queue.needs_notification(mem)?,
+            throttled: None,
+        })
     }
 }
 
@@ -181,6 +211,8 @@ enum Placed {
     Dropped,
     /// The guest has not posted enough buffers: try again later.
     Stalled,
+    /// The rate limiter holds the frame back (`bytes` long).
+    Throttled(u64),
 }
 
 /// The receive queue's side: chains taken from the ring but not used yet
@@ -239,11 +271,17 @@ impl RxRing {
         packet: &mut [u8],
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
+        limiter: &mut RateLimiter,
     ) -> Result<Placed, QueueError> {
         let max_chains = usize::from(queue.size());
         loop {
             match plan_rx(packet.len(), &self.held, self.mergeable, max_chains) {
                 RxPlan::Fits(n) => {
+                    // Charged only once the frame is sure to be delivered.
+                    let bytes = packet.len().saturating_sub(VNET_HDR_LEN) as u64;
+                    if !limiter.consume(bytes) {
+                        return Ok(Placed::Throttled(bytes));
+                    }
                     self.used.clear();
                     let result = write_rx_frame(packet, &self.held, n, mem, &mut self.used);
                     let ok = result.is_ok();
@@ -286,6 +324,13 @@ impl RxRing {
             }
         }
     }
+}
+
+/// Why delivery stopped.
+enum Stop {
+    BackendEmpty,
+    NoBuffers,
+    Throttled(u64),
 }
 
 /// Moves frames from the backend to the receive queue.
@@ -369,58 +414,71 @@ impl RxHandler {
     }
 
     /// Delivers the backlog, then frames straight from the backend, until
-    /// one of them runs out. Returns whether it stopped for lack of guest
-    /// buffers.
+    /// one of them runs out or the rate limiter says stop.
     fn deliver(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         backend: &mut dyn NetBackend,
-    ) -> Result<bool, QueueError> {
+        limiter: &mut RateLimiter,
+    ) -> Result<Stop, QueueError> {
         while let Some(frame) = self.backlog.frames.front_mut() {
-            match self.ring.place(frame, queue, mem)? {
+            match self.ring.place(frame, queue, mem, limiter)? {
                 Placed::Delivered | Placed::Dropped => self.backlog.pop(),
                 Placed::Stalled => {
                     self.fill_backlog(backend);
-                    return Ok(true);
+                    return Ok(Stop::NoBuffers);
                 }
+                Placed::Throttled(bytes) => return Ok(Stop::Throttled(bytes)),
             }
         }
         loop {
             let Some(n) = self.read(backend) else {
-                return Ok(false);
+                return Ok(Stop::BackendEmpty);
             };
-            match self.ring.place(&mut self.scratch[..n], queue, mem)? {
+            match self.ring.place(&mut self.scratch[..n], queue, mem, limiter)? {
                 Placed::Delivered | Placed::Dropped => {}
                 Placed::Stalled => {
                     self.backlog.push(self.scratch[..n].to_vec());
                     self.fill_backlog(backend);
-                    return Ok(true);
+                    return Ok(Stop::NoBuffers);
+                }
+                Placed::Throttled(bytes) => {
+                    self.backlog.push(self.scratch[..n].to_vec());
+                    return Ok(Stop::Throttled(bytes));
                 }
             }
         }
     }
 
-    /// Fills the guest's receive buffers as far as they and the backend
-    /// allow. Returns whether the guest needs an interrupt. If it stopped
-    /// for lack of buffers, it re-checks after re-enabling notifications,
-    /// so buffers posted meanwhile are not missed (EVENT_IDX-safe).
+    /// Fills the guest's receive buffers as far as they, the backend and
+    /// the rate limiter allow. If it stopped for lack of buffers, it
+    /// re-checks after re-enabling notifications, so buffers posted
+    /// meanwhile are not missed (EVENT_IDX-safe).
     pub fn process(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         backend: &mut dyn NetBackend,
-    ) -> Result<bool, QueueError> {
+        limiter: &mut RateLimiter,
+    ) -> Result<QueueOutcome, QueueError> {
         self.ring.used_any = false;
+        let mut throttled = None;
         loop {
             queue.disable_notification(mem)?;
-            let stalled = self.deliver(queue, mem, backend)?;
+            let stop = self.deliver(queue, mem, backend, limiter)?;
             let more = queue.enable_notification(mem)?;
-            if !(stalled && more) {
-                break;
+            match stop {
+                Stop::NoBuffers if more => continue,
+                Stop::Throttled(bytes) => throttled = Some(limiter.wait_time(bytes)),
+                _ => {}
             }
+            break;
         }
-        Ok(self.ring.used_any && queue.needs_notification(mem)?)
+        Ok(QueueOutcome {
+            notify: self.ring.used_any && queue.needs_notification(mem)?,
+            throttled,
+        })
     }
 }
 

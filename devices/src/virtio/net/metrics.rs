@@ -30,6 +30,10 @@ pub struct NetMetrics {
     /// Transmitted frames dropped because the backend refused them
     /// (including EAGAIN from a full TAP queue).
     pub tx_dropped_backend: AtomicU64,
+    /// Times the receive rate limiter held frames back.
+    pub rx_throttled: AtomicU64,
+    /// Times the transmit rate limiter held frames back.
+    pub tx_throttled: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -45,6 +49,8 @@ pub struct NetCounters {
     pub rx_invalid_buffers: u64,
     pub tx_dropped_malformed: u64,
     pub tx_dropped_backend: u64,
+    pub rx_throttled: u64,
+    pub tx_throttled: u64,
 }
 
 impl NetMetrics {
@@ -66,6 +72,8 @@ impl NetMetrics {
             rx_invalid_buffers: g(&self.rx_invalid_buffers),
             tx_dropped_malformed: g(&self.tx_dropped_malformed),
             tx_dropped_backend: g(&self.tx_dropped_backend),
+            rx_throttled: g(&self.rx_throttled),
+            tx_throttled: g(&self.tx_throttled),
         }
     }
 }

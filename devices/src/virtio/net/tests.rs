@@ -86,13 +86,17 @@ struct Guest {
 }
 
 fn setup(acked: u64) -> (Net, Guest) {
+    setup_with(acked, NetOptions::default())
+}
+
+fn setup_with(acked: u64, options: NetOptions) -> (Net, Guest) {
     let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap(),
     ));
     let backend = MemoryNet::new().unwrap();
     let options = NetOptions {
         mac: Some("52:54:00:12:34:56".parse().unwrap()),
-        ..NetOptions::default()
+        ..options
     };
     let mut dev = Net::new(Box::new(backend.clone()), &options).unwrap();
     let rx = Driver::new(mem, 0x1_0000);
@@ -233,14 +237,21 @@ fn config_space_and_features() {
 #[test]
 fn options_are_checked() {
     let backend = || Box::new(MemoryNet::new().unwrap());
-    let e = Net::new(backend(), &NetOptions { mac: None, mtu: 67 }).unwrap_err();
+    let e = Net::new(
+        backend(),
+        &NetOptions {
+            mtu: 67,
+            ..NetOptions::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(e, NetError::BadMtu(67)), "{e}");
     let mac: MacAddr = "01:00:5e:00:00:01".parse().unwrap();
     let e = Net::new(
         backend(),
         &NetOptions {
             mac: Some(mac),
-            mtu: 1500,
+            ..NetOptions::default()
         },
     )
     .unwrap_err();
@@ -567,6 +578,109 @@ fn event_loop_stops_polling_a_full_backlog() {
     em.run_with_timeout(100).unwrap();
     g.backend.push_rx(packet(70, 201));
     assert_eq!(em.run_with_timeout(50).unwrap(), 0);
+}
+
+/// Runs the loop until `done` holds or a second passes.
+fn run_until(em: &mut EventManager<Arc<Mutex<Net>>>, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "timed out");
+        em.run_with_timeout(10).unwrap();
+    }
+}
+
+#[test]
+fn rate_limiters_hold_frames_back_without_spinning() {
+    use crate::rate_limiter::{BucketConfig, RateLimit};
+    let options = NetOptions {
+        // Two frames per 40 ms out; 1000 bytes per 50 ms in.
+        tx_rate_limit: RateLimit {
+            bandwidth: None,
+            ops: Some(BucketConfig {
+                size: 2,
+                one_time_burst: 0,
+                refill_time_ms: 40,
+            }),
+        },
+        rx_rate_limit: RateLimit {
+            bandwidth: Some(BucketConfig {
+                size: 1000,
+                one_time_burst: 0,
+                refill_time_ms: 50,
+            }),
+            ops: None,
+        },
+        ..NetOptions::default()
+    };
+    let (dev, mut g) = setup_with(V1, options);
+    let dev = Arc::new(Mutex::new(dev));
+    let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+    em.add_subscriber(dev.clone());
+    assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+
+    // Transmit: two frames pass, the rest wait on the ring.
+    let frames: Vec<Vec<u8>> = (0..5).map(|i| packet(100, i)).collect();
+    for f in &frames {
+        g.send(&[f]);
+    }
+    dev.lock().unwrap().queue_events()[TXQ].write(1).unwrap();
+    em.run_with_timeout(0).unwrap();
+    let mut sent = g.backend.take_tx();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(dev.lock().unwrap().metrics().snapshot().tx_throttled, 1);
+    // Kicks while throttled do nothing.
+    dev.lock().unwrap().queue_events()[TXQ].write(1).unwrap();
+    em.run_with_timeout(0).unwrap();
+    assert!(g.backend.take_tx().is_empty());
+    // The timer lets the rest out, in order.
+    run_until(&mut em, || {
+        sent.extend(g.backend.take_tx());
+        sent.len() == 5
+    });
+    assert_eq!(sent, frames);
+    assert_eq!(g.tx.used().len(), 5);
+
+    // Receive: 600 + 600 bytes exceed the 1000-byte bucket.
+    for _ in 0..4 {
+        g.post_rx(&[1526]);
+    }
+    let incoming: Vec<Vec<u8>> = (0..4).map(|i| packet(600, 10 + i)).collect();
+    for f in &incoming {
+        g.backend.push_rx(f.clone());
+    }
+    em.run_with_timeout(0).unwrap();
+    let mut got: Vec<Vec<u8>> = g.received().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(got.len(), 1);
+    {
+        let d = dev.lock().unwrap();
+        assert_eq!(d.metrics().snapshot().rx_throttled, 1);
+        assert!(
+            !d.wants_backend_events(),
+            "a throttled device does not poll the backend"
+        );
+    }
+    run_until(&mut em, || {
+        got.extend(g.received().into_iter().map(|(p, _)| p));
+        got.len() == 4
+    });
+    let expected: Vec<Vec<u8>> = incoming.into_iter().map(|f| with_num_buffers(f, 1)).collect();
+    assert_eq!(got, expected);
+
+    // Lifting the limits at run time takes effect at once.
+    let (mut rx_limit, tx_limit) = dev.lock().unwrap().rate_limits();
+    assert!(rx_limit.bandwidth.is_some() && tx_limit.ops.is_some());
+    for i in 0..6 {
+        g.send(&[&packet(100, 50 + i)]);
+    }
+    dev.lock().unwrap().queue_events()[TXQ].write(1).unwrap();
+    em.run_with_timeout(0).unwrap();
+    assert_eq!(g.backend.take_tx().len(), 2);
+    rx_limit = RateLimit::default();
+    dev.lock()
+        .unwrap()
+        .set_rate_limits(rx_limit, RateLimit::default());
+    em.run_with_timeout(5).unwrap();
+    assert_eq!(g.backend.take_tx().len(), 4, "the update retried the queue");
 }
 
 #[test]

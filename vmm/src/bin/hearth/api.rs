@@ -6,6 +6,10 @@
 //! {"cmd":"pause"}                  {"ok":true}
 //! {"cmd":"snapshot","dir":"/s"}    {"ok":true,"state_bytes":..,"memory_written":..,"ms":..}
 //! {"cmd":"resume"}                 {"ok":true}
+//! {"cmd":"disk_rate_limit","index":0,"limit":{"bandwidth":{"size":1048576,"refill_time_ms":1000}}}
+//!                                  {"ok":true}
+//! {"cmd":"net_rate_limit","index":0,"rx":{..},"tx":{..}}
+//!                                  {"ok":true}
 //! {"cmd":"stop"}                   {"ok":true}
 //! anything else                    {"ok":false,"error":"..."}
 //! ```
@@ -15,7 +19,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hearth::Vm;
+use hearth::{RateLimit, Vm};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -25,7 +29,23 @@ enum Command {
     Status,
     Pause,
     Resume,
-    Snapshot { dir: PathBuf },
+    Snapshot {
+        dir: PathBuf,
+    },
+    /// A missing `limit` lifts the disk's limits.
+    DiskRateLimit {
+        index: usize,
+        #[serde(default)]
+        limit: RateLimit,
+    },
+    /// A missing direction is unlimited.
+    NetRateLimit {
+        index: usize,
+        #[serde(default)]
+        rx: RateLimit,
+        #[serde(default)]
+        tx: RateLimit,
+    },
     Stop,
 }
 
@@ -72,6 +92,12 @@ fn reply(vm: &Vm, cmd: Command) -> Value {
                 "ms": i.duration.as_secs_f64() * 1e3,
             })
         }),
+        Command::DiskRateLimit { index, limit } => {
+            vm.set_disk_rate_limit(index, limit).map(|()| json!({"ok": true}))
+        }
+        Command::NetRateLimit { index, rx, tx } => vm
+            .set_net_rate_limits(index, rx, tx)
+            .map(|()| json!({"ok": true})),
         Command::Stop => Ok(json!({"ok": true})),
     };
     result.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()}))

@@ -9,6 +9,8 @@ use hearth::{
     VsockConfig,
 };
 
+use crate::spec::{parse_disk, parse_net, parse_protocol, parse_serial, parse_vsock};
+
 /// Hearth: boot and run a microVM.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, about)]
@@ -129,10 +131,10 @@ pub struct RunArgs {
     /// Boot protocol: auto, linux or pvh.
     #[arg(long, value_name = "PROTO", value_parser = parse_protocol)]
     pub boot_protocol: Option<BootProtocol>,
-    /// A virtio-blk disk: PATH[,ro][,id=NAME]. Repeat for more disks.
+    /// A virtio-blk disk: PATH[,ro][,id=NAME][,bw=RATE][,iops=N] (RATE in bytes/s, K/M/G suffixes). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
-    /// A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,mtu=N][,create]. Repeatable.
+    /// A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,mtu=N][,create][,rx-bw=RATE][,tx-bw=RATE][,rx-pps=N][,tx-pps=N]. Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<NetConfig>,
     /// A virtio-vsock device: cid=N,uds=PATH (Firecracker-compatible host side).
@@ -146,84 +148,6 @@ pub struct RunArgs {
     pub boot_timer: bool,
     #[command(flatten)]
     pub control: ControlArgs,
-}
-
-fn parse_serial(s: &str) -> Result<SerialOutput, String> {
-    match s {
-        "stdout" => Ok(SerialOutput::Stdout),
-        "none" => Ok(SerialOutput::None),
-        _ => match s.strip_prefix("file:") {
-            Some(path) if !path.is_empty() => Ok(SerialOutput::File(path.into())),
-            _ => Err(format!("expected stdout, none or file:PATH, got {s:?}")),
-        },
-    }
-}
-
-fn parse_disk(s: &str) -> Result<DiskConfig, String> {
-    let mut parts = s.split(',');
-    let path = parts
-        .next()
-        .filter(|p| !p.is_empty())
-        .ok_or("expected PATH[,ro][,id=NAME]")?;
-    let mut disk = DiskConfig::file(path);
-    for opt in parts {
-        match opt.split_once('=') {
-            None if opt == "ro" => disk = disk.read_only(true),
-            Some(("id", id)) => disk = disk.id(id),
-            _ => return Err(format!("unknown disk option {opt:?}; expected ro or id=NAME")),
-        }
-    }
-    Ok(disk)
-}
-
-fn parse_net(s: &str) -> Result<NetConfig, String> {
-    let mut net: Option<NetConfig> = None;
-    let (mut mac, mut mtu, mut create) = (None, None, false);
-    for opt in s.split(',') {
-        match opt.split_once('=') {
-            Some(("tap", v)) if !v.is_empty() => net = Some(NetConfig::tap(v)),
-            Some(("mac", v)) => mac = Some(v.to_string()),
-            Some(("mtu", v)) => mtu = Some(v.parse::<u16>().map_err(|_| format!("bad mtu {v:?}"))?),
-            None if opt == "create" => create = true,
-            _ => {
-                return Err(format!(
-                    "unknown net option {opt:?}; expected tap=NAME[,mac=MAC][,mtu=N][,create]"
-                ))
-            }
-        }
-    }
-    let mut net = net.ok_or("expected tap=NAME")?.create(create);
-    if let Some(m) = mac {
-        net = net.mac(m);
-    }
-    if let Some(m) = mtu {
-        net = net.mtu(m);
-    }
-    Ok(net)
-}
-
-fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
-    let (mut cid, mut uds) = (None, None);
-    for opt in s.split(',') {
-        match opt.split_once('=') {
-            Some(("cid", v)) => cid = Some(v.parse::<u64>().map_err(|_| format!("bad cid {v:?}"))?),
-            Some(("uds", v)) if !v.is_empty() => uds = Some(v.to_string()),
-            _ => return Err(format!("unknown vsock option {opt:?}; expected cid=N,uds=PATH")),
-        }
-    }
-    match (cid, uds) {
-        (Some(cid), Some(uds)) => Ok(VsockConfig::new(cid, uds)),
-        _ => Err("expected cid=N,uds=PATH".into()),
-    }
-}
-
-fn parse_protocol(s: &str) -> Result<BootProtocol, String> {
-    match s {
-        "auto" => Ok(BootProtocol::Auto),
-        "linux" => Ok(BootProtocol::Linux),
-        "pvh" => Ok(BootProtocol::Pvh),
-        _ => Err(format!("expected auto, linux or pvh, got {s:?}")),
-    }
 }
 
 impl RunArgs {

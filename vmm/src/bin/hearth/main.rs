@@ -9,6 +9,7 @@
 
 mod api;
 mod cli;
+mod spec;
 
 use std::process::ExitCode;
 use std::sync::Arc;

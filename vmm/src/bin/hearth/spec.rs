@@ -1,0 +1,154 @@
+//! Parsers for the launcher's compact device specs (`--disk`, `--net`,
+//! `--vsock`, ...): pure functions from text to library config.
+
+use hearth::{BootProtocol, BucketConfig, DiskConfig, NetConfig, RateLimit, SerialOutput, VsockConfig};
+
+/// A rate per second: a number with an optional binary suffix K, M or G
+/// (`10M` is 10 MiB/s for bandwidth, 10 Mi operations/s for a count).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("bad rate {s:?}: expected a number with an optional K, M or G"))?;
+    match n.checked_mul(1 << shift) {
+        Some(v) if v > 0 => Ok(v),
+        Some(_) => Err(format!("bad rate {s:?}: it must be positive")),
+        None => Err(format!("bad rate {s:?}: too large")),
+    }
+}
+
+/// A bucket refilling `rate` tokens per second (with one second's worth of
+/// burst).
+fn per_second(rate: &str) -> Result<BucketConfig, String> {
+    parse_rate(rate).map(BucketConfig::per_second)
+}
+
+pub fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdout" => Ok(SerialOutput::Stdout),
+        "none" => Ok(SerialOutput::None),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialOutput::File(path.into())),
+            _ => Err(format!("expected stdout, none or file:PATH, got {s:?}")),
+        },
+    }
+}
+
+pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("expected PATH[,ro][,id=NAME][,bw=RATE][,iops=N]")?;
+    let mut disk = DiskConfig::file(path);
+    let mut limit = RateLimit::default();
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => disk = disk.read_only(true),
+            Some(("id", id)) => disk = disk.id(id),
+            Some(("bw", v)) => limit.bandwidth = Some(per_second(v)?),
+            Some(("iops", v)) => limit.ops = Some(per_second(v)?),
+            _ => {
+                return Err(format!(
+                    "unknown disk option {opt:?}; expected ro, id=NAME, bw=RATE or iops=N"
+                ))
+            }
+        }
+    }
+    Ok(disk.rate_limit(limit))
+}
+
+pub fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut net: Option<NetConfig> = None;
+    let (mut mac, mut mtu, mut create) = (None, None, false);
+    let (mut rx, mut tx) = (RateLimit::default(), RateLimit::default());
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("tap", v)) if !v.is_empty() => net = Some(NetConfig::tap(v)),
+            Some(("mac", v)) => mac = Some(v.to_string()),
+            Some(("mtu", v)) => mtu = Some(v.parse::<u16>().map_err(|_| format!("bad mtu {v:?}"))?),
+            Some(("rx-bw", v)) => rx.bandwidth = Some(per_second(v)?),
+            Some(("tx-bw", v)) => tx.bandwidth = Some(per_second(v)?),
+            Some(("rx-pps", v)) => rx.ops = Some(per_second(v)?),
+            Some(("tx-pps", v)) => tx.ops = Some(per_second(v)?),
+            None if opt == "create" => create = true,
+            _ => {
+                return Err(format!(
+                    "unknown net option {opt:?}; expected tap=NAME[,mac=MAC][,mtu=N][,create]\
+                     [,rx-bw=RATE][,tx-bw=RATE][,rx-pps=N][,tx-pps=N]"
+                ))
+            }
+        }
+    }
+    let mut net = net.ok_or("expected tap=NAME")?.create(create).rate_limits(rx, tx);
+    if let Some(m) = mac {
+        net = net.mac(m);
+    }
+    if let Some(m) = mtu {
+        net = net.mtu(m);
+    }
+    Ok(net)
+}
+
+pub fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("cid", v)) => cid = Some(v.parse::<u64>().map_err(|_| format!("bad cid {v:?}"))?),
+            Some(("uds", v)) if !v.is_empty() => uds = Some(v.to_string()),
+            _ => return Err(format!("unknown vsock option {opt:?}; expected cid=N,uds=PATH")),
+        }
+    }
+    match (cid, uds) {
+        (Some(cid), Some(uds)) => Ok(VsockConfig::new(cid, uds)),
+        _ => Err("expected cid=N,uds=PATH".into()),
+    }
+}
+
+pub fn parse_protocol(s: &str) -> Result<BootProtocol, String> {
+    match s {
+        "auto" => Ok(BootProtocol::Auto),
+        "linux" => Ok(BootProtocol::Linux),
+        "pvh" => Ok(BootProtocol::Pvh),
+        _ => Err(format!("expected auto, linux or pvh, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1500"), Ok(1500));
+        assert_eq!(parse_rate("4K"), Ok(4096));
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("2g"), Ok(2 << 30));
+        for bad in ["", "M", "0", "-1", "1.5M", "10T", "99999999999G"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn disk_rate_options() {
+        let d = parse_disk("/a.img,bw=8M,iops=200").unwrap();
+        assert_eq!(d.rate_limit.bandwidth, Some(BucketConfig::per_second(8 << 20)));
+        assert_eq!(d.rate_limit.ops, Some(BucketConfig::per_second(200)));
+        assert!(parse_disk("/a.img").unwrap().rate_limit.is_unlimited());
+        assert!(parse_disk("/a.img,bw=0").unwrap_err().contains("positive"));
+    }
+
+    #[test]
+    fn net_rate_options() {
+        let n = parse_net("tap=t0,rx-bw=1M,tx-pps=1000").unwrap();
+        assert_eq!(n.rx_rate_limit.bandwidth, Some(BucketConfig::per_second(1 << 20)));
+        assert_eq!(n.rx_rate_limit.ops, None);
+        assert_eq!(n.tx_rate_limit.ops, Some(BucketConfig::per_second(1000)));
+        assert!(parse_net("tap=t0,rx-bw=fast").is_err());
+    }
+}
