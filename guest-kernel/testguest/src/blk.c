@@ -6,17 +6,23 @@
  *   BLK-SECTOR0 <first 16 bytes of sector 0, hex>
  *   BLK-ID <GET_ID string>
  *   BLK-WRITE-OK sector=<S> count=<N>  (write, flush, read back, compare)
+ *   BLK-HOLD, BLK-READBACK-OK          (tg.blk.hold=1: wait for a COM1
+ *                                       byte, then read back again)
  *   BLK-OOR-IOERR                      (read at sector = capacity)
  *   BLK-RO-REFUSED                     (second disk: RO offered, write fails)
  *   BLK-BENCH-START / BLK-BENCH-END <K> (tg.blk.bench=K 4 KiB reads)
  *   BLK-OK
  * or BLK-FAIL <reason> at the first failure. Parameters: tg.blk.sector
- * (default 8), tg.blk.count (default 8), tg.blk.bench (default 0).
+ * (default 8), tg.blk.count (default 8), tg.blk.bench (default 0),
+ * tg.blk.hold (default 0).
  */
 #include <stdint.h>
 
 #include "cmdline.h"
+#include "io.h"
+#include "lapic.h"
 #include "layout.h"
+#include "machine.h"
 #include "scenario.h"
 #include "serial.h"
 #include "string.h"
@@ -158,11 +164,57 @@ static void line_hex_bytes(struct line *l, const uint8_t *p, unsigned n)
 	}
 }
 
+/* Reads len bytes at sector into rbuf (poisoned first: the data must come
+ * from disk) and compares them with wbuf; prints "BLK-FAIL <what> read
+ * ..." if the read fails, "BLK-FAIL <what> ..." on a difference. */
+static int readback(struct blk *b, uint64_t sector, const uint8_t *wbuf,
+		    uint8_t *rbuf, uint32_t len, const char *what,
+		    const char *read_what)
+{
+	uint32_t used, i;
+
+	for (i = 0; i < len / 8; i++)
+		((uint64_t *)rbuf)[i] = ~((const uint64_t *)wbuf)[i];
+	if (check(blk_req(b, BLK_T_IN, sector, rbuf, len, &used), 0,
+		  read_what))
+		return -1;
+	if (used != len + 1) {
+		fail(what, " used-len=", used);
+		return -1;
+	}
+	if ((i = diff_qwords(wbuf, rbuf, len)) != len / 8) {
+		for (i *= 8; wbuf[i] == rbuf[i]; i++)
+			;
+		fail(what, " mismatch at byte ", i);
+		return -1;
+	}
+	return 0;
+}
+
+/* tg.blk.hold=1: "BLK-HOLD", then wait for a byte on COM1 (the host may
+ * snapshot and restore the VM meanwhile), sleeping in `sti; hlt` on a 1 ms
+ * LAPIC timer between polls of the UART's data-ready bit. Afterwards the
+ * LAPIC timer is virtq_wait's free-running clock again. */
+static void hold(void)
+{
+	serial_puts("BLK-HOLD\n");
+	pic_mask_all();
+	lapic_enable();
+	lapic_mask_lint0();
+	lapic_timer_periodic(VEC_TIMER, 1000000);
+	while (!(inb(COM1_PORT + 5) & 1)) { /* LSR data ready */
+		sti_hlt();
+		cli();
+	}
+	inb(COM1_PORT);
+	lapic_timer_free_running();
+}
+
 static int step_write_readback(struct blk *b, uint64_t cap)
 {
 	uint64_t sector = cmdline_get_u64("tg.blk.sector", 8);
 	uint64_t count = cmdline_get_u64("tg.blk.count", 8);
-	uint32_t len = (uint32_t)count * 512, used, i;
+	uint32_t len = (uint32_t)count * 512, used;
 	uint8_t *wbuf, *rbuf;
 	struct line l;
 
@@ -179,29 +231,23 @@ static int step_write_readback(struct blk *b, uint64_t cap)
 	if (check(blk_req(b, BLK_T_OUT, sector, wbuf, len, &used), 0,
 		  "write-readback write") ||
 	    check(blk_req(b, BLK_T_FLUSH, 0, NULL, 0, &used), 0,
-		  "write-readback flush"))
+		  "write-readback flush") ||
+	    readback(b, sector, wbuf, rbuf, len, "write-readback",
+		     "write-readback read"))
 		return -1;
-	for (i = 0; i < len / 8; i++) /* poison: the data must come from disk */
-		((uint64_t *)rbuf)[i] = ~((uint64_t *)wbuf)[i];
-	if (check(blk_req(b, BLK_T_IN, sector, rbuf, len, &used), 0,
-		  "write-readback read"))
-		return -1;
-	if (used != len + 1) {
-		fail("write-readback", " used-len=", used);
-		return -1;
-	}
-	if ((i = diff_qwords(wbuf, rbuf, len)) != len / 8) {
-		for (i *= 8; wbuf[i] == rbuf[i]; i++)
-			;
-		fail("write-readback", " mismatch at byte ", i);
-		return -1;
-	}
 	line_init(&l);
 	line_str(&l, "BLK-WRITE-OK sector=");
 	line_dec(&l, sector);
 	line_str(&l, " count=");
 	line_dec(&l, count);
 	line_send(&l);
+	if (cmdline_get_u64("tg.blk.hold", 0)) {
+		hold();
+		if (readback(b, sector, wbuf, rbuf, len, "readback",
+			     "readback read"))
+			return -1;
+		serial_puts("BLK-READBACK-OK\n");
+	}
 	return 0;
 }
 

@@ -21,6 +21,8 @@ CPL0 instruction, SeaBIOS included, is emulated: ~4 s per boot).
 import argparse
 import os
 import re
+import select
+import socket
 import struct
 import subprocess
 import sys
@@ -198,30 +200,56 @@ def expect_short_hello(r, path, max_insns):
     return fn
 
 
+# microvm: virtio-mmio transports at 0xfeb00000 + 512 * i, filled from the
+# top, listed here top first.
+MICROVM_TOKENS = " ".join(f"virtio_mmio.device=512@{0xfeb00000 + i * 512:#x}:{5 + i}"
+                          for i in range(23, 15, -1))
+
+
+def microvm(r, append, devices):
+    """QEMU command line: microvm with an i8042 (for the reset), modern
+    virtio-mmio devices, serial on stdio."""
+    return [r.qemu, "-M", "microvm", "-m", "128", "-display", "none",
+            "-monitor", "none", "-serial", "stdio", "-no-reboot",
+            "-device", "i8042"] + r.accel_args + [
+            "-kernel", r.elf, "-append", f"{append} {MICROVM_TOKENS}",
+            "-global", "virtio-mmio.force-legacy=false"] + devices
+
+
+def read_until(p, text, want, timeout):
+    """Appends p's stdout to text until it contains want; returns text."""
+    deadline = time.monotonic() + timeout
+    while want not in text:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([p.stdout], [], [], left)[0]:
+            raise AssertionError(f"no {want!r} in {text!r}")
+        chunk = os.read(p.stdout.fileno(), 4096)
+        if not chunk:
+            raise AssertionError(f"qemu exited; output {text!r}")
+        text += chunk.decode(errors="replace")
+    return text
+
+
+def blk_disks(d):
+    rw, ro = os.path.join(d, "rw.img"), os.path.join(d, "ro.img")
+    with open(rw, "wb") as f:
+        f.write(b"HEARTH-SECTOR-0!")
+        f.truncate(64 << 20)
+    with open(ro, "wb") as f:
+        f.truncate(1 << 20)
+    return rw, ["-drive", f"id=rw,file={rw},format=raw,if=none",
+                "-device", "virtio-blk-device,drive=rw,serial=tg-qemu",
+                "-drive", f"id=ro,file={ro},format=raw,if=none,readonly=on",
+                "-device", "virtio-blk-device,drive=ro"]
+
+
 def expect_blk(r):
-    """blk against QEMU's virtio-blk (microvm: virtio-mmio transports at
-    0xfeb00000 + 512 * i, filled from the top, listed here top first), then
-    the written pattern on the host side."""
+    """blk against QEMU's virtio-blk, then the written pattern on the host
+    side."""
     def fn():
         with tempfile.TemporaryDirectory() as d:
-            rw, ro = os.path.join(d, "rw.img"), os.path.join(d, "ro.img")
-            with open(rw, "wb") as f:
-                f.write(b"HEARTH-SECTOR-0!")
-                f.truncate(64 << 20)
-            with open(ro, "wb") as f:
-                f.truncate(1 << 20)
-            tokens = " ".join(f"virtio_mmio.device=512@{0xfeb00000 + i * 512:#x}:{5 + i}"
-                              for i in range(23, 15, -1))
-            cmd = [r.qemu, "-M", "microvm", "-m", "128", "-display", "none",
-                   "-monitor", "none", "-serial", "stdio", "-no-reboot",
-                   "-device", "i8042"] + r.accel_args + [
-                   "-kernel", r.elf, "-append",
-                   f"tg.scenario=blk tg.blk.bench=20 {tokens}",
-                   "-global", "virtio-mmio.force-legacy=false",
-                   "-drive", f"id=rw,file={rw},format=raw,if=none",
-                   "-device", "virtio-blk-device,drive=rw,serial=tg-qemu",
-                   "-drive", f"id=ro,file={ro},format=raw,if=none,readonly=on",
-                   "-device", "virtio-blk-device,drive=ro"]
+            rw, disks = blk_disks(d)
+            cmd = microvm(r, "tg.scenario=blk tg.blk.bench=20", disks)
             p = subprocess.run(cmd, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, timeout=30 + r.boot_s)
             want = ("BLK-CAPACITY 131072\n"
@@ -237,6 +265,89 @@ def expect_blk(r):
                 data = f.read(8 * 512)
             if data != bytes((i * 31 + 7) & 0xFF for i in range(8 * 512)):
                 raise AssertionError("pattern not on the disk image")
+    return fn
+
+
+def expect_blk_hold(r):
+    """tg.blk.hold=1: holds after BLK-HOLD until a byte comes on COM1."""
+    def fn():
+        with tempfile.TemporaryDirectory() as d:
+            _, disks = blk_disks(d)
+            cmd = microvm(r, "tg.scenario=blk tg.blk.hold=1", disks)
+            p = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL)
+            try:
+                text = read_until(p, "", "BLK-HOLD\n", 20 + r.boot_s)
+                if select.select([p.stdout], [], [], 0.5)[0]:
+                    raise AssertionError("output went on without input")
+                p.stdin.write(b"x")
+                p.stdin.flush()
+                text += p.communicate(timeout=20)[0].decode(errors="replace")
+            finally:
+                p.kill()
+                p.wait()
+            want = ("BLK-CAPACITY 131072\n"
+                    "BLK-SECTOR0 4845415254482d534543544f522d3021\n"
+                    "BLK-ID tg-qemu\nBLK-WRITE-OK sector=8 count=8\n"
+                    "BLK-HOLD\nBLK-READBACK-OK\nBLK-OOR-IOERR\n"
+                    "BLK-RO-REFUSED\nBLK-OK\n")
+            if text != want:
+                raise AssertionError(f"got {text!r}")
+    return fn
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expect_net(r, count=200, window=16):
+    """net against QEMU's virtio-net on user networking (slirp: host
+    10.0.2.2 answers ARP and ping, forwards UDP to the host's loopback):
+    the hello reaches a host socket, then count datagrams to a forwarded
+    port come back."""
+    def fn():
+        hello = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        hello.bind(("127.0.0.1", 0))
+        hello.settimeout(10)
+        echo.settimeout(10)
+        fwd = free_udp_port()
+        cmd = microvm(
+            r, "tg.scenario=net tg.net.ip=10.0.2.15 tg.net.host=10.0.2.2 "
+               f"tg.net.port={hello.getsockname()[1]}",
+            ["-netdev", f"user,id=n0,hostfwd=udp:127.0.0.1:{fwd}-:7778",
+             "-device", "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56"])
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+        try:
+            text = read_until(p, "", "NET-UDP-SENT\n", 20 + r.boot_s)
+            data = hello.recv(2048)
+            if data != b"HELLO-UDP 10.0.2.15":
+                raise AssertionError(f"hello {data!r}")
+            sent = got = 0
+            while got < count:
+                while sent < count and sent - got < window:
+                    echo.sendto(b"dgram-%d" % sent, ("127.0.0.1", fwd))
+                    sent += 1
+                data = echo.recv(2048)
+                if data != b"dgram-%d" % got:
+                    raise AssertionError(f"echo {got}: {data!r}")
+                got += 1
+            p.kill()
+            text += p.stdout.read().decode(errors="replace")
+        finally:
+            p.kill()
+            p.wait()
+            hello.close()
+            echo.close()
+        want = (r"NET-READY mac=52:54:00:12:34:56 ip=10\.0\.2\.15\n"
+                r"NET-ARP-OK host_mac=([0-9a-f]{2}:){5}[0-9a-f]{2}\n"
+                r"NET-PING-OK\nNET-UDP-SENT\n")
+        if not re.fullmatch(want, text):
+            raise AssertionError(f"got {text!r}")
     return fn
 
 
@@ -350,6 +461,8 @@ def main():
         "TG-ERROR unknown scenario hell\n"))
     r.check("pvh/counter-period", expect_counter(r, p, 250, 3, 4))
     r.check("microvm/blk", expect_blk(r))
+    r.check("microvm/blk-hold", expect_blk_hold(r))
+    r.check("microvm/net", expect_net(r))
 
     print(f"{r.passed} passed, {r.failed} failed")
     return 1 if r.failed else 0
