@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hearth::{
-    BootProtocol, DiskConfig, ExitReason, NetConfig, SerialBuffer, SerialOutput, Vm, VmConfig, VsockConfig,
+    BootProtocol, DiskConfig, ExitReason, NetConfig, SeccompMode, SerialBuffer, SerialOutput, Vm, VmConfig,
+    VsockConfig,
 };
 
 /// The test guest's ELF form.
@@ -54,9 +55,15 @@ pub struct TestVmBuilder {
     disks: Vec<DiskConfig>,
     nets: Vec<NetConfig>,
     vsock: Option<VsockConfig>,
+    seccomp: SeccompMode,
 }
 
 impl TestVmBuilder {
+    /// seccomp mode (default: enforce, as in production).
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.seccomp = mode;
+        self
+    }
     /// vCPU count.
     pub fn vcpus(mut self, n: u32) -> Self {
         self.vcpus = n;
@@ -116,6 +123,7 @@ impl TestVmBuilder {
             .cmdline(self.cmdline.clone())
             .boot_protocol(self.protocol)
             .pit(self.pit)
+            .seccomp(self.seccomp)
             .serial(SerialOutput::Buffer(console.clone()));
         if let Some(i) = &self.initrd {
             b = b.initrd(i);
@@ -153,6 +161,7 @@ impl TestVm {
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            seccomp: SeccompMode::Enforce,
         }
     }
 
@@ -169,6 +178,7 @@ impl TestVm {
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            seccomp: SeccompMode::Enforce,
         }
     }
 

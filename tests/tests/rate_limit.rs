@@ -60,7 +60,10 @@ fn disk_bandwidth_is_capped_and_can_be_lifted() {
     let t = start(limit, 100_000);
     let (bytes, _) = measure(&t, Duration::from_secs(2));
     eprintln!("capped: {:.0} B/s for a {RATE} B/s limit", bytes);
-    assert!(within_10_percent(bytes, RATE as f64), "{bytes:.0} B/s, limit {RATE}");
+    assert!(
+        within_10_percent(bytes, RATE as f64),
+        "{bytes:.0} B/s, limit {RATE}"
+    );
     assert!(counters(&t).throttled > 0);
 
     // Lifting the limit on the running VM frees the guest at once.
@@ -90,6 +93,9 @@ fn disk_request_rate_is_capped() {
     let t = start(limit, 100_000);
     let (_, ops) = measure(&t, Duration::from_secs(2));
     eprintln!("capped: {ops:.0} reads/s for a {IOPS}/s limit");
-    assert!(within_10_percent(ops, IOPS as f64), "{ops:.0} reads/s, limit {IOPS}");
+    assert!(
+        within_10_percent(ops, IOPS as f64),
+        "{ops:.0} reads/s, limit {IOPS}"
+    );
     t.vm.stop();
 }

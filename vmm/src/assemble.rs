@@ -13,6 +13,7 @@ use crate::kvm::vcpu::Vcpu;
 use crate::kvm::vm::KvmVm;
 use crate::kvm::{self, kick, Host, KvmError};
 use crate::memory::GuestMemoryMmap;
+use crate::seccomp::{Filter, ThreadKind};
 use crate::snapshot::state::DevicesState;
 use crate::vm::Vm;
 
@@ -96,10 +97,13 @@ impl Assembly {
         let event_loop = if subscribers.is_empty() {
             None
         } else {
-            Some(EventLoop::start(subscribers).map_err(|source| Error::Thread {
-                what: "event loop",
-                source,
-            })?)
+            let filter = Filter::new(ThreadKind::EventLoop, config.seccomp)?;
+            Some(
+                EventLoop::start(subscribers, filter).map_err(|source| Error::Thread {
+                    what: "event loop",
+                    source,
+                })?,
+            )
         };
         let mut vm = Vm {
             vcpus: Vec::new(),
@@ -113,7 +117,8 @@ impl Assembly {
             cpuids,
             paused: std::sync::Mutex::new(false),
         };
-        vm.spawn_vcpus(vcpus, paused)?;
+        let filter = Filter::new(ThreadKind::Vcpu, vm.config.seccomp)?;
+        vm.spawn_vcpus(vcpus, paused, filter)?;
         Ok(vm)
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
 pub use crate::memory::MemoryBacking;
+use crate::seccomp::SeccompMode;
 use crate::serial_output::{SerialBuffer, SerialCallback};
 
 pub use crate::disk::{DiskConfig, DiskFactory};
@@ -187,6 +188,10 @@ pub struct VmConfig {
     /// A virtio-vsock device with a Firecracker-compatible host side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// seccomp filters on the VM's threads: `enforce` (default), `log`
+    /// or `off`.
+    #[serde(default)]
+    pub seccomp: SeccompMode,
 }
 
 /// The vsock device: the guest's CID and the host Unix socket.
@@ -229,6 +234,7 @@ impl VmConfig {
                 disks: Vec::new(),
                 nets: Vec::new(),
                 vsock: None,
+                seccomp: SeccompMode::default(),
             },
         }
     }
@@ -411,6 +417,11 @@ impl VmConfigBuilder {
     /// Adds a vsock device.
     pub fn vsock(mut self, vsock: VsockConfig) -> Self {
         self.config.vsock = Some(vsock);
+        self
+    }
+    /// What the seccomp filters do (see [`SeccompMode`]).
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.config.seccomp = mode;
         self
     }
     /// Validates and returns the config.

@@ -9,6 +9,7 @@ use crate::exit::ExitReason;
 use crate::kvm::vcpu::VcpuError;
 use crate::kvm::KvmError;
 use crate::memory::MemoryError;
+use crate::seccomp::SeccompError;
 use crate::snapshot::SnapshotError;
 
 /// Everything that can stop a VM from starting.
@@ -33,6 +34,9 @@ pub enum Error {
     /// A device could not be set up.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A seccomp filter could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// A thread could not be started.
     #[error("cannot start the {what} thread: {source}")]
     Thread {

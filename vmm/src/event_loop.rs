@@ -12,6 +12,8 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::Filter;
+
 /// A subscriber as the loop holds it: shared with whoever created it.
 pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -70,7 +72,7 @@ pub(crate) struct EventLoop {
 
 impl EventLoop {
     /// Registers `subscribers` and starts the thread.
-    pub fn start(subscribers: Vec<Subscriber>) -> io::Result<Self> {
+    pub fn start(subscribers: Vec<Subscriber>, filter: Filter) -> io::Result<Self> {
         let mut manager: EventManager<Subscriber> =
             EventManager::new().map_err(|e| io::Error::other(format!("event manager: {e:?}")))?;
         for s in subscribers {
@@ -88,6 +90,11 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("hearth-events".into())
             .spawn(move || {
+                if let Err(e) = filter.install() {
+                    // Devices stop; the guest sees them hang, the log says why.
+                    log::error!("event loop not started: {e}");
+                    return;
+                }
                 while !flag.load(Ordering::SeqCst) {
                     if let Err(e) = manager.run() {
                         log::error!("event loop failed: {e:?}");

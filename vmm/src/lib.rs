@@ -40,8 +40,12 @@ mod kvm;
 mod memory;
 mod net;
 mod rate_limits;
+pub mod seccomp;
 mod serial_output;
 mod snapshot;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks;
 mod vm;
 mod vsock;
 
@@ -61,6 +65,7 @@ pub use hearth_devices::virtio::net::{GuestOffloads, MemoryNet, NetBackend, NetC
 pub use kvm::vcpu::VcpuError;
 pub use kvm::KvmError;
 pub use memory::MemoryError;
+pub use seccomp::SeccompMode;
 pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
 pub use snapshot::{
     FormatError, RestoreMemory, RestoreOptions, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE,

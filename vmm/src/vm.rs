@@ -20,6 +20,7 @@ use crate::kvm::vcpu::{Vcpu, VcpuHandle, VcpuRequest, VcpuResponse};
 use crate::kvm::vm::KvmVm;
 use crate::kvm::Host;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
+use crate::seccomp::Filter;
 
 /// How long a vCPU or the event loop may take to answer a pause or resume.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,11 +99,16 @@ impl Vm {
 
     /// Starts the vCPU threads; with `paused` they park before running
     /// guest code and the event loop is parked too.
-    pub(crate) fn spawn_vcpus(&mut self, vcpus: Vec<Vcpu>, paused: bool) -> Result<(), Error> {
+    pub(crate) fn spawn_vcpus(
+        &mut self,
+        vcpus: Vec<Vcpu>,
+        paused: bool,
+        filter: Filter,
+    ) -> Result<(), Error> {
         for vcpu in vcpus {
             // On failure, `self` drops in the caller and stops what runs.
             let handle = vcpu
-                .spawn(paused)
+                .spawn(paused, filter)
                 .map_err(|source| Error::Thread { what: "vCPU", source })?;
             self.vcpus.push(handle);
         }

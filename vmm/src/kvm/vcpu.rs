@@ -12,6 +12,8 @@ use hearth_devices::bus::Bus;
 use kvm_bindings::{Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use crate::seccomp::Filter;
+
 use super::emulation::{self, Outcome};
 use super::vm::KvmVm;
 use super::{kick, Host, KvmError};
@@ -154,13 +156,13 @@ impl Vcpu {
 
     /// Starts the vCPU thread; with `paused` it parks (and says so)
     /// before running any guest code.
-    pub fn spawn(self, paused: bool) -> io::Result<VcpuHandle> {
+    pub fn spawn(self, paused: bool, filter: Filter) -> io::Result<VcpuHandle> {
         let (req_tx, req_rx) = channel();
         let (resp_tx, resp_rx) = channel();
         let run_state = self.run_state.clone();
         let thread = std::thread::Builder::new()
             .name(format!("hearth-vcpu{}", self.index))
-            .spawn(move || self.run(req_rx, resp_tx, paused))?;
+            .spawn(move || self.run(req_rx, resp_tx, paused, filter))?;
         if !run_state.add_kick_target(thread.as_pthread_t() as libc::pthread_t) {
             // Teardown already began; the thread sees `stopping` and ends.
             log::debug!("vCPU spawned during teardown");
@@ -177,8 +179,18 @@ impl Vcpu {
         requests: Receiver<VcpuRequest>,
         responses: Sender<VcpuResponse>,
         paused: bool,
+        filter: Filter,
     ) -> VcpuFd {
         kick::bind(self.fd.get_kvm_run());
+        if let Err(e) = filter.install() {
+            self.run_state
+                .request_exit(ExitReason::Error(format!("vCPU {}: {e}", self.index)));
+            kick::unbind();
+            let _ = responses.send(VcpuResponse::Exited);
+            return self.fd;
+        }
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::on_vcpu_start();
         if paused {
             let _ = responses.send(VcpuResponse::Paused);
             if !self.stay_paused(&requests, &responses) {

@@ -12,6 +12,7 @@ use crate::assemble::{prepare_host, Assembly};
 use crate::config::{DiskConfig, NetConfig, SerialOutput};
 use crate::error::Error;
 use crate::kvm::vm_state;
+use crate::seccomp::SeccompMode;
 use crate::vm::Vm;
 
 /// How to restore: memory mode, and replacements for the resources the
@@ -31,6 +32,8 @@ pub struct RestoreOptions {
     pub disks: BTreeMap<usize, DiskConfig>,
     /// Replacement network interfaces by index (e.g. another TAP).
     pub nets: BTreeMap<usize, NetConfig>,
+    /// seccomp mode (default: what the snapshot recorded).
+    pub seccomp: Option<SeccompMode>,
 }
 
 impl RestoreOptions {
@@ -51,6 +54,11 @@ impl RestoreOptions {
     /// Serial output.
     pub fn serial(mut self, s: SerialOutput) -> Self {
         self.serial = Some(s);
+        self
+    }
+    /// seccomp mode for the restored VM's threads.
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.seccomp = Some(mode);
         self
     }
     /// vsock socket path.
@@ -78,6 +86,9 @@ impl Snapshot {
         let mut config = state.config.clone();
         if let Some(s) = &options.serial {
             config.serial = s.clone();
+        }
+        if let Some(mode) = options.seccomp {
+            config.seccomp = mode;
         }
         if let (Some(path), Some(v)) = (&options.vsock_uds_path, config.vsock.as_mut()) {
             v.uds_path = path.clone();
