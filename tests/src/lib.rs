@@ -11,6 +11,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 pub mod linux;
+pub mod netns;
 
 use std::path::PathBuf;
 use std::time::Duration;

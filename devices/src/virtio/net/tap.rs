@@ -10,7 +10,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use super::backend::{GuestOffloads, NetBackend};
 use super::rxtx::VNET_HDR_LEN;
@@ -97,14 +96,22 @@ pub fn tun_offload_flags(offloads: GuestOffloads) -> libc::c_uint {
     flags
 }
 
+/// Whether the interface exists in the calling thread's namespace.
+fn interface_exists(name: &[libc::c_char; libc::IFNAMSIZ]) -> bool {
+    // SAFETY: `name` is NUL-terminated (if_name leaves the last byte 0).
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
 impl Tap {
     /// Opens TAP interface `name`; with `create`, creates it if it does not
     /// exist (which needs CAP_NET_ADMIN). Without `create`, a missing
     /// interface is [`TapError::Missing`].
     pub fn open(name: &str, create: bool) -> Result<Self, TapError> {
         let ifr_name = if_name(name)?;
-        // TUNSETIFF would create a missing interface: look first.
-        if !create && !Path::new("/sys/class/net").join(name).exists() {
+        // TUNSETIFF would create a missing interface: look first, in this
+        // thread's network namespace (not through /sys, which shows the
+        // namespace it was mounted in).
+        if !create && !interface_exists(&ifr_name) {
             return Err(TapError::Missing(name.to_owned()));
         }
         let file = OpenOptions::new()
