@@ -9,8 +9,9 @@
 #   hearth-init     the static binary itself
 #
 # Both are cached in ${HEARTH_CACHE:-$HOME/.cache/hearth}/rootfs-<key>/,
-# <key> hashing the rootfs/ sources (hearth-init included), Cargo.lock, the
-# workspace Cargo.toml, the Rust toolchain and busybox-static versions. A
+# <key> hashing the rootfs/ sources (hearth-init included), the
+# agent-protocol sources hearth-init builds in, Cargo.lock, the workspace
+# Cargo.toml, the Rust toolchain and busybox-static versions. A
 # cache hit returns at once. No root needed.
 #
 # Progress goes to stderr; the last line on stdout is the output directory.
@@ -27,7 +28,7 @@ cache_root="${HEARTH_CACHE:-$HOME/.cache/hearth}"
 target=x86_64-unknown-linux-gnu
 ext4_size_mib=32
 packages=(busybox-static e2fsprogs cpio)
-applets=(sh uname cat echo ls true false)
+applets=(sh uname cat echo ls true false kill sleep sha256sum head wc env mkdir rm)
 dirs=(dev proc sys tmp mnt)
 
 log() { printf 'rootfs: %s\n' "$*" >&2; }
@@ -56,11 +57,12 @@ ensure_packages() {
 compute_key() {
 	local f
 	{
-		# Sources under rootfs/ (build outputs excluded), sorted.
+		# Sources under rootfs/ and agent-protocol/ (a path dependency of
+		# hearth-init; build outputs excluded), sorted.
 		while IFS= read -r -d '' f; do
 			printf '%s ' "${f#"$workspace"/}"
 			sha256sum <"$f"
-		done < <(find "$here" -type f ! -path '*/target/*' -print0 | sort -z)
+		done < <(find "$here" "$workspace/agent-protocol" -type f ! -path '*/target/*' -print0 | sort -z)
 		for f in Cargo.lock Cargo.toml; do
 			printf '%s ' "$f"
 			if [[ -f "$workspace/$f" ]]; then sha256sum <"$workspace/$f"; else echo absent; fi

@@ -14,6 +14,11 @@ pub const BLK_BYTES_PARAM: &str = "hearth.blk.bytes";
 pub const BLK_LEN_PARAM: &str = "hearth.blk.len";
 /// Parameter whose low byte `blk-write` XORs into its byte pattern.
 pub const BLK_SEED_PARAM: &str = "hearth.blk.seed";
+/// `hearth.agent=1`: after the checks, run the guest agent instead of
+/// restarting.
+pub const AGENT_PARAM: &str = "hearth.agent";
+/// The agent's vsock port (default [`hearth_agent_protocol::DEFAULT_PORT`]).
+pub const AGENT_PORT_PARAM: &str = "hearth.agent.port";
 
 /// A parsed kernel command line: its parameters in order of appearance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +73,20 @@ impl Cmdline {
     pub fn expect_cpus(&self) -> Option<Result<u32, String>> {
         self.get(EXPECT_CPUS_PARAM)
             .map(|value| value.trim().parse::<u32>().map_err(|_| value.to_owned()))
+    }
+
+    /// `Some(port)` when `hearth.agent=1` asks for the agent. A bad
+    /// `hearth.agent.port` is `Err(text)`.
+    pub fn agent_port(&self) -> Option<Result<u32, String>> {
+        if self.get(AGENT_PARAM) != Some("1") {
+            return None;
+        }
+        Some(match self.get(AGENT_PORT_PARAM) {
+            None => Ok(hearth_agent_protocol::DEFAULT_PORT),
+            Some(text) => parse_u64(text)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| text.to_owned()),
+        })
     }
 
     /// `key=N` as an unsigned 64-bit number, decimal or `0x` hexadecimal:
@@ -251,6 +270,31 @@ mod tests {
         assert_eq!(parse_u64("0x+1"), None);
         assert_eq!(parse_u64("1k"), None);
         assert_eq!(parse_u64(""), None);
+    }
+
+    #[test]
+    fn agent_mode_and_port() {
+        assert_eq!(Cmdline::parse("quiet").agent_port(), None);
+        assert_eq!(Cmdline::parse("hearth.agent=0").agent_port(), None);
+        assert_eq!(Cmdline::parse("hearth.agent").agent_port(), None);
+        assert_eq!(Cmdline::parse("hearth.agent.port=5").agent_port(), None);
+        assert_eq!(Cmdline::parse("hearth.agent=1").agent_port(), Some(Ok(52)));
+        assert_eq!(
+            Cmdline::parse("hearth.agent=1 hearth.agent.port=1024").agent_port(),
+            Some(Ok(1024))
+        );
+        assert_eq!(
+            Cmdline::parse("hearth.agent.port=0x400 hearth.agent=1").agent_port(),
+            Some(Ok(1024))
+        );
+        assert_eq!(
+            Cmdline::parse("hearth.agent=1 hearth.agent.port=4294967296").agent_port(),
+            Some(Err("4294967296".to_owned()))
+        );
+        assert_eq!(
+            Cmdline::parse("hearth.agent=1 hearth.agent.port=x").agent_port(),
+            Some(Err("x".to_owned()))
+        );
     }
 
     #[test]

@@ -6,20 +6,30 @@
 //! timer, announce itself, run the checks named on the kernel command line
 //! and restart the machine, which ends the VM.
 //!
+//! With `hearth.agent=1` (port `hearth.agent.port=N`, default 52) PID 1
+//! does not restart after the checks: it becomes a supervisor
+//! (`supervisor`) that forks the guest agent (`agent`), restarts it when it
+//! dies and reaps orphans.
+//!
 //! Console protocol (one `write` per line):
 //! - `GUEST-READY <kernel release> cpus=<online CPUs>`
 //! - `CHECK <name> PASS|FAIL <detail>` per check
 //! - `HEARTH-INIT DONE pass=<n> fail=<m>`
+//! - agent mode: `AGENT-READY port=<p> pid=<pid>` each time an agent
+//!   listens, `AGENT-EXITED status=<code or -signal> pid=<pid>` when one
+//!   dies, `AGENT-GAVE-UP ...` before restarting after too many deaths
 //!
 //! Run as any other PID (for trying it on a host) it only reports: it does
 //! not mount, touch I/O ports or reboot, and exits 1 if a check failed.
 
+mod agent;
 mod boot_timer;
 mod checks;
 mod cmdline;
 mod console;
 mod mounts;
 mod power;
+mod supervisor;
 mod sys;
 mod system;
 
@@ -62,6 +72,17 @@ fn main() {
     ));
 
     if pid1 {
+        if let Some(port) = cmdline.agent_port() {
+            let port = port.unwrap_or_else(|text| {
+                let port = hearth_agent_protocol::DEFAULT_PORT;
+                console::line(&format!(
+                    "hearth-init: bad {}={text}, using port {port}",
+                    cmdline::AGENT_PORT_PARAM
+                ));
+                port
+            });
+            supervisor::run(port);
+        }
         power::restart();
     }
     std::process::exit(i32::from(tally.fail > 0));
