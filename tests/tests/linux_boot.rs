@@ -18,7 +18,7 @@ fn boot_to_init(test: &str, vcpus: u32) {
     .start();
     // On failure, `expect` prints the whole console: the exact point where
     // the boot stopped.
-    t.expect(&format!("cpus={vcpus}\n"), LINUX_TIMEOUT);
+    t.expect(&format!("CHECK cpus PASS online={vcpus} "), LINUX_TIMEOUT);
     t.expect("HEARTH-INIT DONE pass=2 fail=0", LINUX_TIMEOUT);
     assert_eq!(t.expect_exit(LINUX_TIMEOUT), ExitReason::Reset);
     let ready =

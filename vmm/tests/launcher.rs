@@ -221,6 +221,28 @@ fn bad_json_config_names_the_field() {
 }
 
 #[test]
+fn bad_network_interfaces() {
+    let k = testguest();
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--net", "tap=hth-no-such"]),
+        "TAP interface hth-no-such does not exist",
+    );
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--net", "tap=lo"]),
+        "interface lo exists but is not a TAP interface",
+    );
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--net", "tap=t0,mac=ff:ff:ff:ff:ff:ff"]),
+        "multicast",
+    );
+    assert_one_line_error(&run(&["run", "--kernel", &k, "--net", "tap=t0,mtu=20"]), "mtu");
+    assert_one_line_error(
+        &run(&["run", "--kernel", &k, "--net", "tap=t0,rx-bw=0"]),
+        "positive",
+    );
+}
+
+#[test]
 fn bad_disks() {
     let k = testguest();
     assert_one_line_error(

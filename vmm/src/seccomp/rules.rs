@@ -32,6 +32,7 @@ const KVM_GET_XCRS: u64 = 0x8188_aea6;
 const KVM_GET_TSC_KHZ: u64 = 0xaea3;
 const KVM_GET_XSAVE2: u64 = 0x9000_aecf;
 const KVM_GET_CLOCK: u64 = 0x8030_ae7c;
+const KVM_CHECK_EXTENSION: u64 = 0xae03;
 const KVM_GET_IRQCHIP: u64 = 0xc208_ae62;
 const KVM_GET_PIT2: u64 = 0x8070_ae9f;
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
@@ -142,6 +143,7 @@ const API: &[i64] = &[
 ];
 
 const API_IOCTLS: &[u64] = &[
+    KVM_CHECK_EXTENSION,
     KVM_GET_CLOCK,
     KVM_GET_IRQCHIP,
     KVM_GET_PIT2,
@@ -205,6 +207,8 @@ pub(super) fn rules(kind: ThreadKind) -> Rules {
             one_of(&mut r, libc::SYS_ioctl, 1, API_IOCTLS);
             one_of(&mut r, libc::SYS_ioctl, 1, &[FIONBIO]);
             one_of(&mut r, libc::SYS_fcntl, 1, &fcntl_ops);
+            // Duplicating a client's socket for its writer half.
+            one_of(&mut r, libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64]);
         }
     }
     r

@@ -19,6 +19,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hearth::seccomp::{Filter, ThreadKind};
 use hearth::{RateLimit, Vm};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -49,26 +50,25 @@ enum Command {
     Stop,
 }
 
+/// Writes one reply line with a single write.
+fn send(out: &mut impl Write, value: &Value) -> std::io::Result<()> {
+    out.write_all(format!("{value}\n").as_bytes())
+}
+
 /// Answers one command. `stop` is answered before it is carried out: the
 /// process exits as soon as the VM stops.
 fn handle(vm: &Vm, line: &str, out: &mut impl Write) -> std::io::Result<()> {
     let cmd: Command = match serde_json::from_str(line) {
         Ok(c) => c,
-        Err(e) => {
-            return writeln!(
-                out,
-                "{}",
-                json!({"ok": false, "error": format!("bad command: {e}")})
-            )
-        }
+        Err(e) => return send(out, &json!({"ok": false, "error": format!("bad command: {e}")})),
     };
     if matches!(cmd, Command::Stop) {
-        writeln!(out, "{}", json!({"ok": true}))?;
+        send(out, &json!({"ok": true}))?;
         out.flush()?;
         vm.stop();
         return Ok(());
     }
-    writeln!(out, "{}", reply(vm, cmd))
+    send(out, &reply(vm, cmd))
 }
 
 fn reply(vm: &Vm, cmd: Command) -> Value {
@@ -103,7 +103,7 @@ fn reply(vm: &Vm, cmd: Command) -> Value {
     result.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()}))
 }
 
-fn serve(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
+fn serve_client(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     for line in BufReader::new(stream).lines() {
         let line = line?;
@@ -115,22 +115,36 @@ fn serve(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Binds `path` (replacing a stale socket) and serves clients one at a
-/// time on a thread of its own until the process exits.
-pub fn spawn(vm: Arc<Vm>, path: &Path) -> anyhow::Result<()> {
+/// Binds `path`, replacing a stale socket.
+pub fn listen(path: &Path) -> anyhow::Result<UnixListener> {
     if path.exists() && UnixStream::connect(path).is_err() {
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot listen on API socket {}: {e}", path.display()))?;
+    UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on API socket {}: {e}", path.display()))
+}
+
+/// Serves clients of `listener` one at a time on a thread of its own until
+/// the process exits.
+/// The thread runs under the VM's seccomp mode (the API allow-list).
+pub fn serve(vm: Arc<Vm>, listener: UnixListener) -> anyhow::Result<()> {
+    let filter = Filter::new(ThreadKind::Api, vm.config().seccomp)?;
+    let (installed_tx, installed) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("hearth-api".into())
         .spawn(move || {
+            let result = filter.install();
+            let ok = result.is_ok();
+            let _ = installed_tx.send(result);
+            if !ok {
+                return;
+            }
             for stream in listener.incoming().flatten() {
-                if let Err(e) = serve(&vm, stream) {
+                if let Err(e) = serve_client(&vm, stream) {
                     log::debug!("API client: {e}");
                 }
             }
         })?;
+    installed.recv()??;
     Ok(())
 }

@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use hearth::{
-    BootProtocol, DiskConfig, NetConfig, RestoreMemory, RestoreOptions, SerialInput, SerialOutput, VmConfig,
-    VsockConfig,
+    BootProtocol, DiskConfig, NetConfig, RestoreMemory, RestoreOptions, SeccompMode, SerialInput,
+    SerialOutput, VmConfig, VsockConfig,
 };
 
-use crate::spec::{parse_disk, parse_net, parse_protocol, parse_serial, parse_vsock};
+use crate::jail::JailSpec;
+use crate::spec::{
+    parse_disk, parse_jail, parse_net, parse_protocol, parse_seccomp, parse_serial, parse_vsock,
+};
 
 /// Hearth: boot and run a microVM.
 #[derive(Debug, Parser)]
@@ -33,6 +36,9 @@ pub struct ControlArgs {
     /// Serve JSON-lines commands (pause, resume, snapshot, stop, status) here.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// seccomp filters on the VMM's threads: enforce (default), log or off.
+    #[arg(long, value_name = "MODE", value_parser = parse_seccomp)]
+    pub seccomp: Option<SeccompMode>,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +107,9 @@ impl RestoreArgs {
         for (i, n) in &self.net {
             o = o.net(*i, n.clone());
         }
+        if let Some(mode) = self.control.seccomp {
+            o = o.seccomp(mode);
+        }
         o
     }
 }
@@ -146,6 +155,11 @@ pub struct RunArgs {
     /// Print the guest-ready time (boot-timer port) to stderr.
     #[arg(long)]
     pub boot_timer: bool,
+    /// Run the VMM as uid/gid in new mount, pid and net namespaces, chrooted
+    /// to a directory holding only the VM's files: uid=N,gid=N[,dir=PATH]
+    /// (needs root; see docs/JAIL.md).
+    #[arg(long, value_name = "SPEC", value_parser = parse_jail)]
+    pub jail: Option<JailSpec>,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -161,68 +175,51 @@ impl RunArgs {
             }
             None => None,
         };
-        let kernel = match (&self.kernel, &base) {
-            (Some(k), _) => k.clone(),
-            (None, Some(c)) => c.kernel.clone(),
+        // Flags go on top of the file's config (every field of it kept);
+        // without a file, on the defaults, with stdin as serial input.
+        let mut c = match (base, &self.kernel) {
+            (Some(c), _) => c,
+            (None, Some(k)) => {
+                let mut c = VmConfig::builder(k).build()?;
+                c.serial_input = SerialInput::Stdin;
+                c
+            }
             (None, None) => bail!("--kernel is required (or a --config with a kernel)"),
         };
-        let mut b = VmConfig::builder(kernel);
-        if let Some(c) = &base {
-            b = b
-                .vcpus(c.vcpus)
-                .memory_mib(c.memory_mib)
-                .cmdline(c.cmdline.clone())
-                .serial(c.serial.clone())
-                .serial_input(c.serial_input)
-                .boot_protocol(c.boot_protocol)
-                .pit(c.pit)
-                .memory_backing(c.memory_backing);
-            if let Some(i) = &c.initrd {
-                b = b.initrd(i);
-            }
-            for d in &c.disks {
-                b = b.disk(d.clone());
-            }
-            for n in &c.nets {
-                b = b.net(n.clone());
-            }
-            if let Some(v) = &c.vsock {
-                b = b.vsock(v.clone());
-            }
-        } else {
-            b = b.serial_input(SerialInput::Stdin);
+        if let Some(k) = &self.kernel {
+            c.kernel = k.clone();
         }
         if let Some(i) = &self.initrd {
-            b = b.initrd(i);
+            c.initrd = Some(i.clone());
         }
-        if let Some(c) = &self.cmdline {
-            b = b.cmdline(c.clone());
+        if let Some(cmdline) = &self.cmdline {
+            c.cmdline = cmdline.clone();
         }
         if let Some(n) = self.vcpus {
-            b = b.vcpus(n);
+            c.vcpus = n;
         }
         if let Some(m) = self.memory {
-            b = b.memory_mib(m);
+            c.memory_mib = m;
         }
         if let Some(s) = &self.serial {
-            b = b.serial(s.clone());
+            c.serial = s.clone();
         }
         if let Some(p) = self.boot_protocol {
-            b = b.boot_protocol(p);
+            c.boot_protocol = p;
         }
         if self.pit {
-            b = b.pit(true);
+            c.pit = true;
         }
-        for d in &self.disk {
-            b = b.disk(d.clone());
-        }
-        for n in &self.net {
-            b = b.net(n.clone());
-        }
+        c.disks.extend(self.disk.iter().cloned());
+        c.nets.extend(self.net.iter().cloned());
         if let Some(v) = &self.vsock {
-            b = b.vsock(v.clone());
+            c.vsock = Some(v.clone());
         }
-        Ok(b.build()?)
+        if let Some(mode) = self.control.seccomp {
+            c.seccomp = mode;
+        }
+        c.validate()?;
+        Ok(c)
     }
 }
 
@@ -339,6 +336,15 @@ mod tests {
             .to_config()
             .unwrap_err();
         assert!(e.to_string().contains("guest_cid must be from 3"), "{e}");
+    }
+
+    #[test]
+    fn jail_flag() {
+        let r = run_args(&["--kernel", "/k", "--jail", "uid=65534,gid=65534"]);
+        let j = r.jail.unwrap();
+        assert_eq!((j.uid, j.gid, j.dir), (65534, 65534, None));
+        assert!(Cli::try_parse_from(["hearth", "run", "--jail", "uid=1"]).is_err());
+        assert!(Cli::try_parse_from(["hearth", "restore", "/s", "--jail", "uid=1,gid=1"]).is_err());
     }
 
     #[test]

@@ -9,22 +9,29 @@
 
 mod api;
 mod cli;
+mod jail;
 mod spec;
 
+use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
 use cli::{Cli, Command, ControlArgs, RestoreArgs, RunArgs};
-use hearth::Vm;
+use hearth::{Vm, VmConfig};
 
-/// Serves the API socket if asked, waits for the guest, and maps its exit
+/// Binds the API socket if asked.
+fn api_listener(control: &ControlArgs) -> anyhow::Result<Option<UnixListener>> {
+    control.api_sock.as_deref().map(api::listen).transpose()
+}
+
+/// Serves the API socket if given, waits for the guest, and maps its exit
 /// to the process status.
-fn supervise(vm: Vm, control: &ControlArgs) -> anyhow::Result<ExitCode> {
+fn supervise(vm: Vm, api: Option<UnixListener>) -> anyhow::Result<ExitCode> {
     let vm = Arc::new(vm);
-    if let Some(path) = &control.api_sock {
-        api::spawn(vm.clone(), path)?;
+    if let Some(listener) = api {
+        api::serve(vm.clone(), listener)?;
     }
     let reason = vm.wait();
     // The API thread may still hold a clone; the process exits right after.
@@ -43,13 +50,14 @@ fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     if args.timing {
         eprintln!("hearth: restored in {} us", t.elapsed().as_micros());
     }
-    supervise(vm, &args.control)
+    let api = api_listener(&args.control)?;
+    supervise(vm, api)
 }
 
-fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let config = args.to_config()?;
+/// Boots `config` and prints the guest-ready time if asked.
+fn start(config: VmConfig, boot_timer: bool) -> anyhow::Result<Vm> {
     let vm = Vm::start(config)?;
-    if args.boot_timer {
+    if boot_timer {
         if let Some(t) = vm.wait_boot(None) {
             eprintln!(
                 "hearth: guest ready after {} us ({} us VMM CPU)",
@@ -58,7 +66,26 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    supervise(vm, &args.control)
+    Ok(vm)
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.to_config()?;
+    match &args.jail {
+        // The API socket is bound before entering the jail, where its
+        // path is not visible.
+        Some(spec) => jail::run(
+            spec,
+            config,
+            || api_listener(&args.control),
+            |config, api| supervise(start(config, args.boot_timer)?, api),
+        ),
+        None => {
+            let vm = start(config, args.boot_timer)?;
+            let api = api_listener(&args.control)?;
+            supervise(vm, api)
+        }
+    }
 }
 
 /// The error and its causes on one line, skipping a cause whose text the

@@ -1,7 +1,13 @@
 //! Parsers for the launcher's compact device specs (`--disk`, `--net`,
 //! `--vsock`, ...): pure functions from text to library config.
 
-use hearth::{BootProtocol, BucketConfig, DiskConfig, NetConfig, RateLimit, SerialOutput, VsockConfig};
+use std::path::PathBuf;
+
+use hearth::{
+    BootProtocol, BucketConfig, DiskConfig, NetConfig, RateLimit, SeccompMode, SerialOutput, VsockConfig,
+};
+
+use crate::jail::JailSpec;
 
 /// A rate per second: a number with an optional binary suffix K, M or G
 /// (`10M` is 10 MiB/s for bandwidth, 10 Mi operations/s for a count).
@@ -110,6 +116,46 @@ pub fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     }
 }
 
+pub fn parse_seccomp(s: &str) -> Result<SeccompMode, String> {
+    match s {
+        "enforce" => Ok(SeccompMode::Enforce),
+        "log" => Ok(SeccompMode::Log),
+        "off" => Ok(SeccompMode::Off),
+        _ => Err(format!("expected enforce, log or off, got {s:?}")),
+    }
+}
+
+/// `uid=N,gid=N[,dir=PATH]`: both ids required, neither 0 (root) nor
+/// 4294967295 (the "unchanged" value of setresuid); `dir` absolute.
+pub fn parse_jail(s: &str) -> Result<JailSpec, String> {
+    const EXPECTED: &str = "expected uid=N,gid=N[,dir=PATH]";
+    let (mut uid, mut gid, mut dir) = (None, None, None);
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("uid", v)) => uid = Some(parse_jail_id("uid", v)?),
+            Some(("gid", v)) => gid = Some(parse_jail_id("gid", v)?),
+            Some(("dir", v)) if v.starts_with('/') => dir = Some(PathBuf::from(v)),
+            Some(("dir", v)) => return Err(format!("jail dir must be an absolute path, got {v:?}")),
+            _ => return Err(format!("unknown jail option {opt:?}; {EXPECTED}")),
+        }
+    }
+    match (uid, gid) {
+        (Some(uid), Some(gid)) => Ok(JailSpec { uid, gid, dir }),
+        (None, _) => Err(format!("jail uid missing; {EXPECTED}")),
+        (_, None) => Err(format!("jail gid missing; {EXPECTED}")),
+    }
+}
+
+fn parse_jail_id(name: &str, v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(0) => Err(format!("jail {name}=0 is root: give an unprivileged {name}")),
+        Ok(u32::MAX) | Err(_) => Err(format!(
+            "bad jail {name} {v:?}: expected a number from 1 to 4294967294"
+        )),
+        Ok(id) => Ok(id),
+    }
+}
+
 pub fn parse_protocol(s: &str) -> Result<BootProtocol, String> {
     match s {
         "auto" => Ok(BootProtocol::Auto),
@@ -141,6 +187,30 @@ mod tests {
         assert_eq!(d.rate_limit.ops, Some(BucketConfig::per_second(200)));
         assert!(parse_disk("/a.img").unwrap().rate_limit.is_unlimited());
         assert!(parse_disk("/a.img,bw=0").unwrap_err().contains("positive"));
+    }
+
+    #[test]
+    fn jail_specs() {
+        let j = parse_jail("uid=65534,gid=100").unwrap();
+        assert_eq!((j.uid, j.gid, j.dir), (65534, 100, None));
+        let j = parse_jail("gid=7,dir=/srv/jail,uid=8").unwrap();
+        assert_eq!((j.uid, j.gid), (8, 7));
+        assert_eq!(j.dir.as_deref(), Some(std::path::Path::new("/srv/jail")));
+        for (bad, why) in [
+            ("", "unknown jail option"),
+            ("uid=1", "gid missing"),
+            ("gid=1", "uid missing"),
+            ("uid=0,gid=1", "is root"),
+            ("uid=1,gid=0", "is root"),
+            ("uid=-1,gid=1", "bad jail uid"),
+            ("uid=1,gid=4294967295", "bad jail gid"),
+            ("uid=nobody,gid=1", "bad jail uid"),
+            ("uid=1,gid=1,dir=rel/dir", "absolute"),
+            ("uid=1,gid=1,net=none", "unknown jail option"),
+        ] {
+            let e = parse_jail(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
     }
 
     #[test]
