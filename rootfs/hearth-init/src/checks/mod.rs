@@ -10,6 +10,7 @@ mod blk_write;
 mod blockdev;
 mod cpus;
 mod rootfs;
+mod udp;
 mod uname;
 
 use crate::cmdline::Cmdline;
@@ -42,6 +43,7 @@ const REGISTRY: &[(&str, CheckFn)] = &[
     ("blk-write", blk_write::run),
     ("cpus", cpus::run),
     ("rootfs", rootfs::run),
+    ("udp", udp::run),
     ("uname", uname::run),
 ];
 
