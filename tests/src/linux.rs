@@ -87,3 +87,49 @@ pub fn host_is_pvm() -> bool {
         .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
     !hw
 }
+
+/// The sandbox setup: root on a private copy of the ext4 image (the guest
+/// writes to it), `hearth-init` in agent mode, and a vsock device whose
+/// socket sits next to the copy. Files are removed on drop.
+#[derive(Debug)]
+pub struct AgentGuest {
+    /// The scratch directory (disk copy and vsock socket).
+    pub dir: PathBuf,
+    /// The disk copy.
+    pub disk: PathBuf,
+    /// The vsock socket.
+    pub vsock: PathBuf,
+}
+
+impl AgentGuest {
+    /// Copies the root image for `name` (unique per test).
+    pub fn new(g: &LinuxGuest, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hearth-agent-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("rootfs.ext4");
+        std::fs::copy(&g.rootfs, &disk).unwrap();
+        let vsock = dir.join("v.sock");
+        Self { dir, disk, vsock }
+    }
+
+    /// Another copy of the root image, e.g. for a clone.
+    pub fn disk_copy(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::copy(&self.disk, &p).unwrap();
+        p
+    }
+
+    /// A VM booting this guest in agent mode.
+    pub fn vm(&self, g: &LinuxGuest) -> crate::TestVmBuilder {
+        linux_vm(g, "root=/dev/vda rw rootfstype=ext4 hearth.agent=1")
+            .disk(hearth::DiskConfig::file(&self.disk))
+            .vsock(hearth::VsockConfig::new(3, &self.vsock))
+    }
+}
+
+impl Drop for AgentGuest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
