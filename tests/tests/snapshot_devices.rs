@@ -85,6 +85,14 @@ fn disk_override_restores_onto_a_copy() {
     let e = Vm::restore(&dir, &RestoreOptions::new()).unwrap_err().to_string();
     assert!(e.contains(&disk.display().to_string()), "{e}");
 
+    // A disk of another size would not be the disk the guest knows.
+    let small = tmp("small.img");
+    std::fs::File::create(&small).unwrap().set_len(8 << 20).unwrap();
+    let e = Vm::restore(&dir, &RestoreOptions::new().disk(0, DiskConfig::file(&small)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the disk has 16384 sectors; the snapshot's disk had 32768"), "{e}");
+
     let (vm, console) = restore(&dir, RestoreOptions::new().disk(0, DiskConfig::file(&copy)));
     vm.send_serial_input(b"x");
     assert!(console.wait_for("BLK-OK\n", GUEST_TIMEOUT), "{}", console.text());

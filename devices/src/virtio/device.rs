@@ -59,6 +59,15 @@ pub trait VirtioDevice: Send {
     /// Called once the device was activated from restored state, before
     /// the guest runs (e.g. vsock tells the guest its connections are gone).
     fn restored(&mut self) {}
+    /// The device's own state, for a snapshot.
+    fn save_device(&self) -> Option<super::persist::DeviceSnapshot> {
+        None
+    }
+    /// Takes saved device state before activation; refuses state that
+    /// does not fit (the text says why).
+    fn restore_device(&mut self, _state: &super::persist::DeviceSnapshot) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Copies `data.len()` bytes of a config-space image from `offset`,

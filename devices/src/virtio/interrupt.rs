@@ -93,10 +93,12 @@ impl VirtioInterrupt {
         self.needs_reset.store(false, Ordering::SeqCst);
     }
 
-    /// Restores the registers (snapshots).
-    pub fn restore(&self, status: u32, generation: u32) {
+    /// Restores the registers and NEEDS_RESET (snapshots), exactly as
+    /// saved: no interrupt is raised and the generation does not move.
+    pub fn restore(&self, status: u32, generation: u32, needs_reset: bool) {
         self.status
             .store(status & (INT_VRING | INT_CONFIG), Ordering::SeqCst);
         self.generation.store(generation, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
     }
 }

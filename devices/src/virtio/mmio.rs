@@ -172,6 +172,7 @@ impl MmioTransport {
             config_generation: inner.interrupt.generation(),
             needs_reset: inner.interrupt.needs_reset(),
             queues,
+            device: device.save_device(),
         }
     }
 
@@ -206,11 +207,19 @@ impl MmioTransport {
         if !steps.contains(&(snap.status & !(status::FAILED | status::NEEDS_RESET))) {
             return Err(RestoreError::BadStatus(snap.status));
         }
-        if snap.acked_features & !offered != 0 {
+        // Before FEATURES_OK the driver may have written any features (they
+        // are checked when it sets FEATURES_OK), so only a negotiated set
+        // must be one the device offers.
+        if snap.status & status::FEATURES_OK != 0 && snap.acked_features & !offered != 0 {
             return Err(RestoreError::BadFeatures {
                 acked: snap.acked_features,
                 offered,
             });
+        }
+        if let Some(state) = &snap.device {
+            lock(&inner.device)
+                .restore_device(state)
+                .map_err(RestoreError::Device)?;
         }
         let active = snap.status & status::DRIVER_OK != 0 && !snap.needs_reset;
         let mut queues = Vec::with_capacity(max_sizes.len());
@@ -232,10 +241,7 @@ impl MmioTransport {
         };
         inner
             .interrupt
-            .restore(snap.interrupt_status, snap.config_generation);
-        if snap.needs_reset {
-            inner.interrupt.set_needs_reset();
-        }
+            .restore(snap.interrupt_status, snap.config_generation, snap.needs_reset);
         if active {
             let ctx = ActivateContext {
                 mem: inner.mem.clone(),
@@ -918,5 +924,44 @@ mod persist_tests {
             Harness::new().t.restore(&bad),
             Err(RestoreError::BadFeatures { .. })
         ));
+    }
+
+    #[test]
+    fn features_written_before_features_ok_round_trip() {
+        // Found by the mmio_transport fuzz target: the driver may write
+        // features the device does not offer until it sets FEATURES_OK.
+        let h = Harness::new();
+        h.w(reg::STATUS, status::ACKNOWLEDGE);
+        h.w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        h.w(reg::DRIVER_FEATURES_SEL, 1);
+        h.w(reg::DRIVER_FEATURES, 0xffff_ffff);
+        let snap = h.t.save();
+        let fresh = Harness::new();
+        fresh.t.restore(&snap).unwrap();
+        assert_eq!(fresh.t.save(), snap);
+        // FEATURES_OK is still refused after the restore.
+        fresh.w(
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        assert_eq!(fresh.r(reg::STATUS), status::ACKNOWLEDGE | status::DRIVER);
+    }
+
+    #[test]
+    fn needs_reset_round_trips_without_an_interrupt() {
+        // Found by the mmio_transport fuzz target: restoring NEEDS_RESET
+        // used to bump the config generation and raise an interrupt.
+        let h = Harness::new();
+        h.dev.lock().unwrap().fail_activation = true;
+        h.drive_to_features_ok(V1);
+        h.setup_queue0();
+        h.w(reg::STATUS, ALL_OK);
+        let snap = h.t.save();
+        assert!(snap.needs_reset);
+        let fresh = Harness::new();
+        fresh.t.restore(&snap).unwrap();
+        assert_eq!(fresh.t.save(), snap);
+        assert_eq!(fresh.irq.count(), 0, "no interrupt on restore");
+        assert_ne!(fresh.r(reg::STATUS) & status::NEEDS_RESET, 0);
     }
 }

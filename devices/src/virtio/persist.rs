@@ -66,6 +66,32 @@ pub struct TransportSnapshot {
     pub config_generation: u32,
     pub needs_reset: bool,
     pub queues: Vec<QueueSnapshot>,
+    /// The device's own state (format 1.1 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSnapshot>,
+}
+
+/// A device's own state, beyond its transport and queues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSnapshot {
+    /// virtio-blk: what the guest was told about the disk, which the disk
+    /// it is restored onto must match.
+    Block {
+        /// Size in 512-byte sectors.
+        capacity_sectors: u64,
+        /// Offered read-only.
+        read_only: bool,
+    },
+    /// virtio-vsock: connections do not survive a snapshot, but the host
+    /// must not reuse the local ports of connections the guest may still
+    /// hold.
+    Vsock {
+        /// The guest's CID.
+        guest_cid: u64,
+        /// The next local port the host side would use.
+        next_local_port: u32,
+    },
 }
 
 /// Why restored device state was refused.
@@ -101,6 +127,10 @@ pub enum RestoreError {
         /// Offered now.
         offered: u64,
     },
+    /// The device's own state does not fit the device (e.g. a disk of
+    /// another size).
+    #[error("{0}")]
+    Device(String),
     /// The device refused to go live.
     #[error("the device failed to activate: {0}")]
     Activate(String),

@@ -23,7 +23,7 @@ pub const MAGIC: [u8; 8] = *b"HEARTHSN";
 /// The format this build writes.
 pub const VERSION_MAJOR: u16 = 1;
 /// The minor revision this build writes.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Header size.
 pub const HEADER_LEN: usize = 32;
 /// The largest state file accepted.
@@ -189,9 +189,14 @@ mod tests {
             decode::<S>(&newer),
             Err(FormatError::Newer {
                 major: VERSION_MAJOR + 1,
-                minor: 0
+                minor: VERSION_MINOR
             })
         );
+        // An older minor of the same major loads (its missing fields take
+        // their defaults).
+        let mut older_minor = sample();
+        older_minor[10..12].copy_from_slice(&0u16.to_le_bytes());
+        assert!(decode::<S>(&older_minor).is_ok());
         let mut newer_minor = sample();
         newer_minor[10..12].copy_from_slice(&(VERSION_MINOR + 1).to_le_bytes());
         assert!(matches!(

@@ -17,6 +17,7 @@ use super::request::{Limits, SECTOR_SIZE};
 use crate::rate_limiter::RateLimit;
 use crate::throttle::Throttle;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
+use crate::virtio::persist::DeviceSnapshot;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::GuestMemoryMmap;
 
@@ -218,6 +219,43 @@ impl VirtioDevice for Block {
 
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
         self.active.as_ref().map(|a| vec![a.queue.state()])
+    }
+
+    fn save_device(&self) -> Option<DeviceSnapshot> {
+        let limits = self.handler.limits();
+        Some(DeviceSnapshot::Block {
+            capacity_sectors: limits.capacity_sectors,
+            read_only: limits.read_only,
+        })
+    }
+
+    fn restore_device(&mut self, state: &DeviceSnapshot) -> Result<(), String> {
+        let DeviceSnapshot::Block {
+            capacity_sectors,
+            read_only,
+        } = *state
+        else {
+            return Err("saved state is not a block device's".into());
+        };
+        let limits = self.handler.limits();
+        if limits.capacity_sectors != capacity_sectors {
+            return Err(format!(
+                "the disk has {} sectors; the snapshot's disk had {capacity_sectors}",
+                limits.capacity_sectors
+            ));
+        }
+        if limits.read_only != read_only {
+            return Err(format!(
+                "the disk is {}; the snapshot's disk was {}",
+                if limits.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
+                if read_only { "read-only" } else { "read-write" }
+            ));
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {

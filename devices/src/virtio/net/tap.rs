@@ -230,6 +230,7 @@ impl NetBackend for Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions and cannot fail.

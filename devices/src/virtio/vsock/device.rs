@@ -12,8 +12,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::defs::{Header, EVENT_TRANSPORT_RESET, MAX_PKT_DATA};
-use super::muxer::{Muxer, MuxerError};
+use super::muxer::{Muxer, MuxerError, RESET_ACK_TIMEOUT};
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
+use crate::virtio::persist::DeviceSnapshot;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::GuestMemoryMmap;
 
@@ -57,6 +58,9 @@ pub struct Vsock {
     pub(super) active: Option<Active>,
     /// A TRANSPORT_RESET event waits for an event-queue buffer.
     pending_reset_event: bool,
+    /// The guest got a TRANSPORT_RESET and has not yet handed back an
+    /// event buffer (which Linux does once it has handled the event).
+    reset_unacked: bool,
     warned: bool,
 }
 
@@ -117,6 +121,7 @@ impl Vsock {
             muxer: Muxer::new(cid, uds_path)?,
             active: None,
             pending_reset_event: false,
+            reset_unacked: false,
             warned: false,
         })
     }
@@ -272,6 +277,18 @@ impl Vsock {
     /// guest drops its connections and reconnects.
     pub fn send_transport_reset(&mut self) {
         self.pending_reset_event = true;
+        self.muxer.hold_host_connects(Instant::now() + RESET_ACK_TIMEOUT);
+        self.process_event_queue();
+    }
+
+    /// The guest notified the event queue: after a TRANSPORT_RESET it
+    /// does so once it has handled the event, so held host connections
+    /// may go ahead.
+    pub fn on_event_queue_notify(&mut self) {
+        if self.reset_unacked {
+            self.reset_unacked = false;
+            self.muxer.release_host_connects(Instant::now());
+        }
         self.process_event_queue();
     }
 
@@ -300,6 +317,7 @@ impl Vsock {
         };
         if self.add_used(EVQ, head, len) {
             self.pending_reset_event = false;
+            self.reset_unacked = true;
             self.notify(EVQ);
         }
     }
@@ -356,6 +374,31 @@ impl VirtioDevice for Vsock {
             .map(|a| a.queues.iter().map(|q| q.state()).collect())
     }
 
+    fn save_device(&self) -> Option<DeviceSnapshot> {
+        Some(DeviceSnapshot::Vsock {
+            guest_cid: self.cid,
+            next_local_port: self.muxer.next_local_port(),
+        })
+    }
+
+    fn restore_device(&mut self, state: &DeviceSnapshot) -> Result<(), String> {
+        let DeviceSnapshot::Vsock {
+            guest_cid,
+            next_local_port,
+        } = *state
+        else {
+            return Err("saved state is not a vsock device's".into());
+        };
+        if guest_cid != self.cid {
+            return Err(format!(
+                "the guest CID is {}; the snapshot's was {guest_cid}",
+                self.cid
+            ));
+        }
+        self.muxer.set_next_local_port(next_local_port);
+        Ok(())
+    }
+
     fn restored(&mut self) {
         // Connections did not survive the snapshot: tell the guest.
         self.send_transport_reset();
@@ -363,6 +406,8 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.pending_reset_event = false;
+        self.reset_unacked = false;
         self.muxer.reset();
         let _ = self.activate_evt.write(1);
     }

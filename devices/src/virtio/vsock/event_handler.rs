@@ -72,7 +72,8 @@ impl MutEventSubscriber for Vsock {
             self.process_rx();
         } else if fd == q(EVQ) {
             let _ = self.queue_events()[EVQ].read();
-            self.process_event_queue();
+            self.on_event_queue_notify();
+            self.process_rx();
         } else if fd == self.timer.as_raw_fd() {
             self.on_timer();
             self.process_rx();

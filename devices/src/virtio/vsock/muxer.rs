@@ -29,6 +29,9 @@ pub const MAX_PENDING_CLIENTS: usize = 64;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most control packets (RSTs to unknown ports) waiting for rx buffers.
 pub const MAX_CONTROL_PACKETS: usize = 256;
+/// After a transport reset, host clients wait at most this long for the
+/// guest to finish handling it before their REQUEST goes out anyway.
+pub const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors setting the muxer up.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,12 @@ pub struct Muxer {
     /// Closed streams, kept until their fds are unwatched.
     graveyard: Vec<UnixStream>,
     warned_bad_cid: bool,
+    /// Until when host clients wait for the guest to handle a transport
+    /// reset: a REQUEST the guest takes before the reset event would
+    /// become a connection the reset then kills.
+    held_until: Option<Instant>,
+    /// Host clients done with their handshake, waiting: (fd, guest port).
+    waiting: Vec<(RawFd, u32)>,
 }
 
 fn bind(path: &Path) -> Result<UnixListener, MuxerError> {
@@ -132,6 +141,8 @@ impl Muxer {
             changes: Vec::new(),
             graveyard: Vec::new(),
             warned_bad_cid: false,
+            held_until: None,
+            waiting: Vec::new(),
         })
     }
 
@@ -394,8 +405,55 @@ impl Muxer {
                 log::debug!("vsock: refused a host client: {why}");
                 self.drop_client(fd);
             }
-            Handshake::Connect { port, .. } => self.host_connect(fd, port),
+            Handshake::Connect { port, .. } => match self.held_until {
+                Some(until) => {
+                    // Not read from until released: its first data stays
+                    // in the socket.
+                    self.unwatch(fd);
+                    if let Some(c) = self.clients.get_mut(&fd) {
+                        c.deadline = until + HANDSHAKE_TIMEOUT;
+                    }
+                    self.waiting.push((fd, port));
+                }
+                None => self.host_connect(fd, port, Instant::now()),
+            },
         }
+    }
+
+    /// Holds new host connections until [`Muxer::release_host_connects`]
+    /// or `until`, whichever comes first (a transport reset is on its way
+    /// to the guest).
+    pub fn hold_host_connects(&mut self, until: Instant) {
+        self.held_until = Some(until);
+    }
+
+    /// Sends the held host connections' REQUESTs (as of `now`).
+    pub fn release_host_connects(&mut self, now: Instant) {
+        self.held_until = None;
+        for (fd, port) in std::mem::take(&mut self.waiting) {
+            self.host_connect(fd, port, now);
+        }
+    }
+
+    /// The next local port a host connection would get.
+    pub fn next_local_port(&self) -> u32 {
+        self.next_local_port
+    }
+
+    /// Continues local ports from `port` (a restored snapshot's), so that
+    /// no new connection reuses the ports of ones the guest may still
+    /// hold. Out-of-range values start over at the base.
+    pub fn set_next_local_port(&mut self, port: u32) {
+        self.next_local_port = if port >= LOCAL_PORT_BASE {
+            port
+        } else {
+            LOCAL_PORT_BASE
+        };
+    }
+
+    /// Whether host connections are being held.
+    pub fn is_holding(&self) -> bool {
+        self.held_until.is_some()
     }
 
     fn alloc_local_port(&mut self, peer_port: u32) -> u32 {
@@ -409,7 +467,7 @@ impl Muxer {
     }
 
     /// A host client asked for guest port `port`: send the guest a REQUEST.
-    fn host_connect(&mut self, fd: RawFd, port: u32) {
+    fn host_connect(&mut self, fd: RawFd, port: u32, now: Instant) {
         if self.conns.len() >= MAX_CONNECTIONS {
             self.drop_client(fd);
             return;
@@ -419,7 +477,7 @@ impl Muxer {
         };
         let local_port = self.alloc_local_port(port);
         let key = (local_port, port);
-        let conn = Connection::new_local(client.stream, self.guest_cid, local_port, port, Instant::now());
+        let conn = Connection::new_local(client.stream, self.guest_cid, local_port, port, now);
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
         self.refresh(key);
@@ -427,6 +485,10 @@ impl Muxer {
 
     /// Expires handshakes and connections past their deadline.
     pub fn on_timer(&mut self, now: Instant) {
+        if self.held_until.is_some_and(|until| now >= until) {
+            log::debug!("vsock: the guest did not acknowledge the transport reset; connecting anyway");
+            self.release_host_connects(now);
+        }
         let late: Vec<RawFd> = self
             .clients
             .iter()
@@ -454,7 +516,7 @@ impl Muxer {
     pub fn next_deadline(&self) -> Option<Instant> {
         let clients = self.clients.values().map(|c| c.deadline);
         let conns = self.conns.values().filter_map(Connection::deadline);
-        clients.chain(conns).min()
+        clients.chain(conns).chain(self.held_until).min()
     }
 
     /// Every fd the muxer watches (tests drive them all).
@@ -467,6 +529,8 @@ impl Muxer {
 
     /// Drops every connection and pending client (device reset).
     pub fn reset(&mut self) {
+        self.held_until = None;
+        self.waiting.clear();
         let fds: Vec<RawFd> = self.clients.keys().copied().collect();
         for fd in fds {
             self.drop_client(fd);

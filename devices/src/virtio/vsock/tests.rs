@@ -31,6 +31,8 @@ struct Rig {
     path: PathBuf,
     rx: MockSplitQueue<'static, GuestMemoryMmap>,
     tx: MockSplitQueue<'static, GuestMemoryMmap>,
+    ev: MockSplitQueue<'static, GuestMemoryMmap>,
+    ev_next: u16,
     rx_next: u16,
     tx_next: u16,
     rx_used_seen: u16,
@@ -76,6 +78,8 @@ impl Rig {
             path,
             rx,
             tx,
+            ev,
+            ev_next: 0,
             rx_next: 0,
             tx_next: 0,
             rx_used_seen: 0,
@@ -171,6 +175,14 @@ impl Rig {
             self.rx_next += 2;
         }
         self.dev.process_rx();
+    }
+
+    /// Posts one 8-byte event buffer.
+    fn post_event(&mut self) {
+        let a = self.alloc(8);
+        let i = self.ev_next;
+        self.ev.add_desc_chains(&[raw(a, 8, WRITE, 0)], i).unwrap();
+        self.ev_next += 1;
     }
 
     /// Drives every watched fd, then fills rx buffers.
@@ -509,4 +521,66 @@ fn device_reset_drops_everything() {
     assert_eq!(r.dev.muxer.connection_count(), 0);
     c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_eq!(c.read(&mut [0u8; 4]).unwrap_or(0), 0);
+}
+
+#[test]
+fn host_connections_wait_until_the_guest_handled_a_transport_reset() {
+    let mut r = Rig::new("restore-hold");
+    r.post_rx(8);
+    r.post_event();
+    r.dev.restored();
+    assert_eq!(r.ev.used().idx().load(), 1, "TRANSPORT_RESET delivered");
+    let mut c = UnixStream::connect(&r.path).unwrap();
+    c.write_all(b"CONNECT 52\nearly").unwrap();
+    r.pump();
+    assert!(
+        r.ops().is_empty(),
+        "no REQUEST before the guest handled the reset"
+    );
+    assert!(r.dev.muxer.is_holding());
+
+    // Linux hands the event buffer back once it has handled the event.
+    r.post_event();
+    r.dev.on_event_queue_notify();
+    r.dev.process_rx();
+    let pkts = r.received();
+    let req = pkts
+        .iter()
+        .find(|(h, _)| h.op == op::REQUEST)
+        .expect("REQUEST after the ack");
+    let local = req.0.src_port;
+    r.send(op::RESPONSE, 52, local, &[], 0);
+    r.pump();
+    let mut line = [0u8; 64];
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let n = c.read(&mut line).unwrap();
+    assert_eq!(&line[..n], format!("OK {local}\n").as_bytes());
+    // What the client sent right after its CONNECT line was kept for the
+    // guest.
+    r.pump();
+    let data: Vec<u8> = r
+        .received()
+        .into_iter()
+        .filter(|(h, _)| h.op == op::RW)
+        .flat_map(|(_, d)| d)
+        .collect();
+    assert_eq!(data, b"early");
+    assert!(!r.dev.muxer.is_holding());
+}
+
+#[test]
+fn held_host_connections_go_ahead_when_the_guest_never_acknowledges() {
+    let mut r = Rig::new("restore-noack");
+    r.post_rx(8);
+    r.dev.restored(); // no event buffer: the reset cannot even be delivered
+    let _c = {
+        let mut c = UnixStream::connect(&r.path).unwrap();
+        writeln!(c, "CONNECT 7").unwrap();
+        c
+    };
+    r.pump();
+    assert!(r.ops().is_empty());
+    r.dev.muxer.on_timer(Instant::now() + Duration::from_secs(3));
+    r.dev.process_rx();
+    assert_eq!(r.ops(), vec![op::REQUEST]);
 }
