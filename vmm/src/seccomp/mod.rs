@@ -69,8 +69,15 @@ pub enum SeccompError {
 const KINDS: usize = 3;
 const MODES: usize = 2;
 
-/// Compiled programs, built once per process: index kind * MODES + mode.
-static PROGRAMS: OnceLock<Vec<Result<BpfProgram, String>>> = OnceLock::new();
+/// Compiled programs, built once per process.
+struct Programs {
+    /// The allow-lists: index kind * MODES + mode.
+    lists: Vec<Result<BpfProgram, String>>,
+    /// Makes `open`/`openat` fail with EACCES instead of killing.
+    refuse_open: Result<BpfProgram, String>,
+}
+
+static PROGRAMS: OnceLock<Programs> = OnceLock::new();
 
 fn kind_index(kind: ThreadKind) -> usize {
     match kind {
@@ -80,21 +87,30 @@ fn kind_index(kind: ThreadKind) -> usize {
     }
 }
 
-fn compile(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, String> {
+fn compile(
+    rules: rules::Rules,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
-    let filter = SeccompFilter::new(rules::rules(kind), mismatch, SeccompAction::Allow, arch)
-        .map_err(|e| e.to_string())?;
+    let filter = SeccompFilter::new(rules, mismatch, matched, arch).map_err(|e| e.to_string())?;
     BpfProgram::try_from(filter).map_err(|e| e.to_string())
 }
 
-fn programs() -> &'static [Result<BpfProgram, String>] {
+fn programs() -> &'static Programs {
     PROGRAMS.get_or_init(|| {
-        let mut v = Vec::with_capacity(KINDS * MODES);
+        let mut lists = Vec::with_capacity(KINDS * MODES);
         for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api] {
-            v.push(compile(kind, SeccompAction::KillProcess));
-            v.push(compile(kind, SeccompAction::Log));
+            for mismatch in [SeccompAction::KillProcess, SeccompAction::Log] {
+                lists.push(compile(rules::rules(kind), mismatch, SeccompAction::Allow));
+            }
         }
-        v
+        let refuse_open = compile(
+            rules::refused_opens(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EACCES as u32),
+        );
+        Programs { lists, refuse_open }
     })
 }
 
@@ -102,46 +118,80 @@ fn programs() -> &'static [Result<BpfProgram, String>] {
 #[derive(Clone, Copy, Debug)]
 pub struct Filter {
     kind: ThreadKind,
-    program: Option<&'static BpfProgram>,
+    /// Installed in order; the kernel applies the strictest answer.
+    programs: [Option<&'static BpfProgram>; 2],
+}
+
+fn built(
+    kind: ThreadKind,
+    p: Option<&'static Result<BpfProgram, String>>,
+) -> Result<&'static BpfProgram, SeccompError> {
+    match p {
+        Some(Ok(p)) => Ok(p),
+        Some(Err(why)) => Err(SeccompError::Build {
+            kind,
+            why: why.clone(),
+        }),
+        None => Err(SeccompError::Build {
+            kind,
+            why: "no such filter".into(),
+        }),
+    }
 }
 
 impl Filter {
     /// The filter for `kind` under `mode`: checks that it compiles, so a
     /// thread can install it without failing for that reason.
+    ///
+    /// Under `Enforce`, vCPU and event-loop threads also get a filter that
+    /// makes opening files fail with EACCES rather than kill: glibc's
+    /// malloc reads files under /proc and /sys the first time it trims or
+    /// adds an arena, and copes when it cannot.
     pub fn new(kind: ThreadKind, mode: SeccompMode) -> Result<Self, SeccompError> {
         let mode_index = match mode {
-            SeccompMode::Off => return Ok(Self { kind, program: None }),
+            SeccompMode::Off => {
+                return Ok(Self {
+                    kind,
+                    programs: [None, None],
+                })
+            }
             SeccompMode::Enforce => 0,
             SeccompMode::Log => 1,
         };
-        match programs().get(kind_index(kind) * MODES + mode_index) {
-            Some(Ok(p)) => Ok(Self {
-                kind,
-                program: Some(p),
-            }),
-            Some(Err(why)) => Err(SeccompError::Build {
-                kind,
-                why: why.clone(),
-            }),
-            None => Err(SeccompError::Build {
-                kind,
-                why: "no such filter".into(),
-            }),
-        }
+        let all = programs();
+        let list = built(kind, all.lists.get(kind_index(kind) * MODES + mode_index))?;
+        let refuse_open = match (mode, kind) {
+            (SeccompMode::Enforce, ThreadKind::Vcpu | ThreadKind::EventLoop) => {
+                Some(built(kind, Some(&all.refuse_open))?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            kind,
+            programs: [refuse_open, Some(list)],
+        })
+    }
+
+    /// How many filters [`Filter::install`] installs.
+    pub fn filter_count(&self) -> usize {
+        self.programs.iter().flatten().count()
     }
 
     /// Installs the filter on the calling thread (for good).
     pub fn install(&self) -> Result<(), SeccompError> {
-        let Some(program) = self.program else {
+        if self.filter_count() == 0 {
             return Ok(());
-        };
+        }
         // The thread's first allocation sets up its malloc arena, which
-        // reads /sys (openat): make it before the filter forbids that.
+        // may read /sys: make it while that still works.
         std::hint::black_box(Box::new([0u8; 64]));
-        seccompiler::apply_filter(program).map_err(|e| SeccompError::Install {
-            kind: self.kind,
-            why: e.to_string(),
-        })
+        for program in self.programs.iter().flatten() {
+            seccompiler::apply_filter(program).map_err(|e| SeccompError::Install {
+                kind: self.kind,
+                why: e.to_string(),
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -154,7 +204,12 @@ mod tests {
         for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api] {
             for mode in [SeccompMode::Enforce, SeccompMode::Log, SeccompMode::Off] {
                 let f = Filter::new(kind, mode).unwrap();
-                assert_eq!(f.program.is_none(), mode == SeccompMode::Off);
+                let want = match (mode, kind) {
+                    (SeccompMode::Off, _) => 0,
+                    (SeccompMode::Enforce, ThreadKind::Vcpu | ThreadKind::EventLoop) => 2,
+                    _ => 1,
+                };
+                assert_eq!(f.filter_count(), want, "{kind:?} {mode:?}");
             }
         }
     }
@@ -171,7 +226,11 @@ mod tests {
         .unwrap();
         let program = BpfProgram::try_from(filter).unwrap();
         let result = std::thread::spawn(move || {
+            // As under Enforce: opens refused first, then the list.
+            let refuse = programs().refuse_open.as_ref().unwrap();
+            seccompiler::apply_filter(refuse).unwrap();
             seccompiler::apply_filter(&program).unwrap();
+            let open = std::fs::File::open("/proc/sys/vm/overcommit_memory").map_err(|e| e.raw_os_error());
             // SAFETY: plain syscalls without pointers.
             let (pid, ppid) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_getppid)) };
             let errno = std::io::Error::last_os_error().raw_os_error();
@@ -194,10 +253,21 @@ mod tests {
                 };
                 p != libc::MAP_FAILED
             };
-            (pid > 0, ppid, errno, sock, ioctl, mapped)
+            (pid > 0, ppid, errno, sock, ioctl, mapped, open.err())
         })
         .join()
         .unwrap();
-        assert_eq!(result, (true, -1, Some(libc::EPERM), -1, -1, false));
+        assert_eq!(
+            result,
+            (
+                true,
+                -1,
+                Some(libc::EPERM),
+                -1,
+                -1,
+                false,
+                Some(Some(libc::EACCES))
+            )
+        );
     }
 }

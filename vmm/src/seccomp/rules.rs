@@ -186,6 +186,17 @@ fn no_exec(rules: &mut Rules) {
     rules.insert(libc::SYS_mprotect, not_exec());
 }
 
+/// Calls the refuse-open filter answers with EACCES (and the allow-lists
+/// then let through to it).
+const OPENS: &[i64] = &[libc::SYS_open, libc::SYS_openat];
+
+/// The refuse-open filter's rules.
+pub(super) fn refused_opens() -> Rules {
+    let mut r = Rules::new();
+    allow(&mut r, OPENS);
+    r
+}
+
 /// The rules for `kind`.
 pub(super) fn rules(kind: ThreadKind) -> Rules {
     let mut r = Rules::new();
@@ -195,9 +206,13 @@ pub(super) fn rules(kind: ThreadKind) -> Rules {
     match kind {
         ThreadKind::Vcpu => {
             one_of(&mut r, libc::SYS_ioctl, 1, VCPU_IOCTLS);
+            // Refused with EACCES by the refuse-open filter (glibc malloc
+            // reads /proc/sys/vm/overcommit_memory when it first trims).
+            allow(&mut r, OPENS);
         }
         ThreadKind::EventLoop => {
             allow(&mut r, EVENT_LOOP);
+            allow(&mut r, OPENS);
             one_of(&mut r, libc::SYS_ioctl, 1, &[FIONBIO]);
             one_of(&mut r, libc::SYS_socket, 0, &[libc::AF_UNIX as u64]);
             one_of(&mut r, libc::SYS_fcntl, 1, &fcntl_ops);
