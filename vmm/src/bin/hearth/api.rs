@@ -1,5 +1,5 @@
 //! The launcher's control socket: one JSON object per line in, one per
-//! line out (docs in README, "Launcher control socket").
+//! line out (docs in README, "Control socket").
 //!
 //! ```text
 //! {"cmd":"status"}                 {"ok":true,"state":"running"}
