@@ -91,7 +91,10 @@ fn disk_override_restores_onto_a_copy() {
     let e = Vm::restore(&dir, &RestoreOptions::new().disk(0, DiskConfig::file(&small)))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("the disk has 16384 sectors; the snapshot's disk had 32768"), "{e}");
+    assert!(
+        e.contains("the disk has 16384 sectors; the snapshot's disk had 32768"),
+        "{e}"
+    );
 
     let (vm, console) = restore(&dir, RestoreOptions::new().disk(0, DiskConfig::file(&copy)));
     vm.send_serial_input(b"x");
