@@ -54,6 +54,10 @@ pub struct Vsock {
     queue_evts: [EventFd; 3],
     pub(super) activate_evt: EventFd,
     pub(super) timer: TimerFd,
+    /// The deadline the timer is armed for.
+    pub(super) timer_deadline: Option<Instant>,
+    /// Host fds registered with the event loop.
+    pub(super) registered: std::collections::HashSet<std::os::fd::RawFd>,
     pub(super) muxer: Muxer,
     pub(super) active: Option<Active>,
     /// A TRANSPORT_RESET event waits for an event-queue buffer.
@@ -118,6 +122,8 @@ impl Vsock {
             ],
             activate_evt: EventFd::new(EFD_NONBLOCK)?,
             timer: TimerFd::new().map_err(std::io::Error::from)?,
+            timer_deadline: None,
+            registered: std::collections::HashSet::new(),
             muxer: Muxer::new(cid, uds_path)?,
             active: None,
             pending_reset_event: false,
@@ -325,6 +331,8 @@ impl Vsock {
     /// Expires timed-out handshakes and connections.
     pub fn on_timer(&mut self) {
         let _ = self.timer.wait();
+        // Fired: re-arm for whatever is next.
+        self.timer_deadline = None;
         self.muxer.on_timer(Instant::now());
     }
 }

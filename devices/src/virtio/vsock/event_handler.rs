@@ -29,27 +29,39 @@ impl Vsock {
             match change {
                 Watch::Set(fd, set) => {
                     let evt = Events::new_raw(fd, set);
-                    if ops.modify(evt).is_err() {
-                        if let Err(e) = ops.add(evt) {
-                            log::warn!("virtio-vsock: cannot watch fd {fd}: {e}");
+                    let result = if self.registered.contains(&fd) {
+                        ops.modify(evt)
+                    } else {
+                        ops.add(evt)
+                    };
+                    match result {
+                        Ok(()) => {
+                            self.registered.insert(fd);
                         }
+                        Err(e) => log::warn!("virtio-vsock: cannot watch fd {fd}: {e}"),
                     }
                 }
                 Watch::Remove(fd) => {
-                    let _ = ops.remove(Events::empty_raw(fd));
+                    if self.registered.remove(&fd) {
+                        let _ = ops.remove(Events::empty_raw(fd));
+                    }
                 }
             }
         }
         self.muxer.release_closed();
-        // Arm the timer for the next deadline, if any.
-        let _ = match self.muxer.next_deadline() {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                self.timer
-                    .reset(left.max(std::time::Duration::from_millis(1)), None)
-            }
-            None => self.timer.clear(),
-        };
+        // Arm the timer for the next deadline, if it changed.
+        let next = self.muxer.next_deadline();
+        if next != self.timer_deadline {
+            self.timer_deadline = next;
+            let _ = match next {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.timer
+                        .reset(left.max(std::time::Duration::from_millis(1)), None)
+                }
+                None => self.timer.clear(),
+            };
+        }
     }
 }
 
