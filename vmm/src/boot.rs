@@ -222,27 +222,37 @@ fn load_kernel(
     })
 }
 
-/// Builds the final command line: the user's, then Hearth's entries.
+/// Builds the final command line: Hearth's entries, then the user's line
+/// (its boot arguments, then any init arguments after ` -- `). The entries
+/// go first so that they stay kernel parameters whatever the user's line
+/// holds: after a bare `--` (e.g. a line ending in ` --`) the kernel would
+/// pass them to init, and after an unbalanced `"` they would be part of a
+/// quoted value.
 pub(crate) fn build_cmdline(user: &str, extra: &[String], capacity: usize) -> Result<Cmdline, BootError> {
     let too_long = |e: linux_loader::cmdline::Error| {
         let len = user.len() + extra.iter().map(|s| s.len() + 1).sum::<usize>();
         match e {
-            linux_loader::cmdline::Error::TooLarge => BootError::Cmdline(format!(
-                "{len} bytes with Hearth's device entries; the limit is {}",
-                capacity - 1
-            )),
+            linux_loader::cmdline::Error::TooLarge | linux_loader::cmdline::Error::InvalidCapacity => {
+                BootError::Cmdline(format!(
+                    "{len} bytes with Hearth's device entries; the limit is {}",
+                    capacity.saturating_sub(1)
+                ))
+            }
             other => BootError::Cmdline(other.to_string()),
         }
     };
-    let mut cmdline = if user.trim().is_empty() {
-        Cmdline::new(capacity).map_err(too_long)?
-    } else {
-        Cmdline::try_from(user, capacity).map_err(too_long)?
-    };
-    for entry in extra {
-        cmdline.insert_str(entry).map_err(too_long)?;
+    let mut line = extra.join(" ");
+    if !user.trim().is_empty() {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(user);
     }
-    Ok(cmdline)
+    if line.trim().is_empty() {
+        Cmdline::new(capacity).map_err(too_long)
+    } else {
+        Cmdline::try_from(&line, capacity).map_err(too_long)
+    }
 }
 
 /// Places the initrd page-aligned at the top of low RAM, above the kernel.
@@ -332,8 +342,19 @@ mod tests {
         let c = build_cmdline("console=ttyS0 -- init-arg", &extra, 2048).unwrap();
         assert_eq!(
             c.as_cstring().unwrap().to_str().unwrap(),
-            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 -- init-arg"
+            "virtio_mmio.device=4K@0xd0000000:5 console=ttyS0 -- init-arg"
         );
+        // Found by the cmdline fuzz target: a bare `--` that linux-loader
+        // does not take for the init separator, or an unbalanced quote,
+        // must not swallow the device entries.
+        for user in ["console=ttyS0 --", "-- init-arg", "a=\"b c"] {
+            let c = build_cmdline(user, &extra, 2048).unwrap();
+            let built = c.as_cstring().unwrap().into_string().unwrap();
+            assert!(
+                built.starts_with(&format!("{} ", extra[0])),
+                "{user:?} -> {built:?}"
+            );
+        }
         let c = build_cmdline("", &extra, 2048).unwrap();
         assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), extra[0]);
         let err = build_cmdline(&"a".repeat(2040), &extra, 2048).unwrap_err();

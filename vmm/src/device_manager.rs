@@ -137,12 +137,19 @@ fn serial_writer(out: &SerialOutput) -> Result<SerialWriter, DeviceError> {
 }
 
 /// Places virtio devices in MMIO windows with their own IRQs.
-struct VirtioSlots {
+#[derive(Debug, Default)]
+pub(crate) struct VirtioSlots {
     next: u32,
 }
 
+/// The command-line entry that tells Linux where a virtio-mmio device is.
+pub(crate) fn virtio_mmio_cmdline_entry(addr: u64, irq: u32) -> String {
+    format!("virtio_mmio.device=4K@{addr:#x}:{irq}")
+}
+
 impl VirtioSlots {
-    fn next(&mut self) -> Result<(u64, u32), DeviceError> {
+    /// The next free window and IRQ, or an error once the IRQs run out.
+    pub(crate) fn next(&mut self) -> Result<(u64, u32), DeviceError> {
         let irq = IRQ_BASE + self.next;
         if irq > IRQ_MAX {
             return Err(DeviceError::TooManyDevices(IRQ_MAX - IRQ_BASE + 1));
@@ -188,8 +195,7 @@ impl Builder<'_> {
         let transport = Arc::new(MmioTransport::new(device.clone(), self.mem.clone(), interrupt));
         self.io.mmio.insert(addr, MMIO_WINDOW_SIZE, transport.clone())?;
         self.transports.push(transport);
-        self.cmdline_extra
-            .push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
+        self.cmdline_extra.push(virtio_mmio_cmdline_entry(addr, irq));
         self.subscribers.push(device);
         Ok(())
     }
@@ -212,7 +218,7 @@ pub(crate) fn setup(
         subscribers: Vec::new(),
         cmdline_extra: Vec::new(),
         irqfds: Vec::new(),
-        slots: VirtioSlots { next: 0 },
+        slots: VirtioSlots::default(),
         transports: Vec::new(),
     };
     let io = &mut b.io;

@@ -36,6 +36,8 @@ mod disk;
 mod error;
 mod event_loop;
 mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 mod kvm;
 mod memory;
 mod net;

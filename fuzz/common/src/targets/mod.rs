@@ -1,0 +1,11 @@
+//! One module per fuzz target.
+
+pub mod cmdline;
+pub mod config_json;
+pub mod mmio_transport;
+pub mod serial;
+pub mod snapshot_state_decode;
+pub mod virtio_blk;
+pub mod virtio_net_rx;
+pub mod virtio_net_tx;
+pub mod vsock_packets;

@@ -1,0 +1,5 @@
+#![no_main]
+//! Thin libFuzzer wrapper: the input structure and invariants are in
+//! `hearth_fuzz_common::virtio_net_tx` (fuzz/common/src/targets/virtio_net_tx.rs).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hearth_fuzz_common::virtio_net_tx(data));
