@@ -12,6 +12,7 @@
 
 pub mod linux;
 pub mod netns;
+pub mod udp_echo;
 
 use std::path::PathBuf;
 use std::time::Duration;

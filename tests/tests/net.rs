@@ -6,29 +6,12 @@
 // Integration tests: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
-use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
 
 use hearth::{NetConfig, Vm};
 use hearth_tests::netns::NetNs;
+use hearth_tests::udp_echo::{boot, boot_echo, echo_addr, echo_many, GUEST_PORT, HOST_PORT, MAC};
 use hearth_tests::{TestVm, GUEST_TIMEOUT};
-
-const MAC: &str = "52:54:00:12:34:56";
-const HOST_PORT: u16 = 7777;
-const GUEST_PORT: u16 = 7778;
-
-/// Boots the `net` scenario in `ns` (the calling thread enters it).
-fn boot(ns: &NetNs) -> TestVm {
-    ns.enter();
-    TestVm::scenario("net")
-        .arg(&format!(
-            "tg.net.ip={} tg.net.host={} tg.net.port={HOST_PORT} tg.net.listen={GUEST_PORT}",
-            ns.guest_ip, ns.host_ip
-        ))
-        .net(NetConfig::tap(&ns.tap).mac(MAC))
-        .start()
-}
 
 #[test]
 fn net_scenario_arp_ping_and_udp_both_ways() {
@@ -36,7 +19,7 @@ fn net_scenario_arp_ping_and_udp_both_ways() {
     ns.enter();
     let host = UdpSocket::bind((ns.host_ip, HOST_PORT)).unwrap();
     host.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
-    let t = boot(&ns);
+    let t = boot(&ns, |n| n);
     t.expect(
         &format!("NET-READY mac={MAC} ip={}\n", ns.guest_ip),
         GUEST_TIMEOUT,
@@ -80,45 +63,11 @@ fn net_scenario_arp_ping_and_udp_both_ways() {
     t.vm.stop();
 }
 
-/// Sends `count` distinct datagrams of `len` bytes with at most `window`
-/// unanswered, and checks every echo. Returns the time taken.
-fn echo_many(host: &UdpSocket, guest: SocketAddr, count: u32, len: usize, window: u32) -> Duration {
-    let payload = |i: u32| -> Vec<u8> {
-        let mut p = format!("{i:08}:").into_bytes();
-        p.resize(len, b'a' + (i % 26) as u8);
-        p
-    };
-    let (mut sent, mut got) = (0u32, HashSet::new());
-    let mut buf = vec![0u8; 65536];
-    let start = Instant::now();
-    while got.len() < count as usize {
-        while sent < count && sent - got.len() as u32 <= window {
-            host.send_to(&payload(sent), guest).unwrap();
-            sent += 1;
-        }
-        let (n, from) = host
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("{} of {count} echoes back, then: {e}", got.len()));
-        assert_eq!(from, guest);
-        let i: u32 = std::str::from_utf8(&buf[..8]).unwrap().parse().unwrap();
-        assert_eq!(&buf[..n], &payload(i)[..], "echo {i} differs");
-        assert!(got.insert(i), "echo {i} came twice");
-    }
-    start.elapsed()
-}
-
 #[test]
 fn a_thousand_datagrams_each_way_and_none_lost() {
     let ns = NetNs::new();
-    ns.enter();
-    let host = UdpSocket::bind((ns.host_ip, HOST_PORT)).unwrap();
-    host.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let t = boot(&ns);
-    t.expect("NET-UDP-SENT\n", GUEST_TIMEOUT);
-    let mut hello = [0u8; 64];
-    host.recv_from(&mut hello).unwrap();
-
-    let guest = SocketAddr::from((ns.guest_ip, GUEST_PORT));
+    let (t, host) = boot_echo(&ns, |n| n);
+    let guest = echo_addr(&ns);
     let small = echo_many(&host, guest, 1000, 64, 32);
     let large = echo_many(&host, guest, 1000, 1472, 32);
     eprintln!("1000 echoes: 64 B in {small:?}, 1472 B in {large:?}");
@@ -153,7 +102,7 @@ fn bad_tap_configurations_are_one_line_errors() {
     assert!(e.starts_with("invalid TAP interface name \"bad/name\""), "{e}");
 
     // A TAP another VM holds is busy.
-    let t = boot(&ns);
+    let t = boot(&ns, |n| n);
     t.expect("NET-READY", GUEST_TIMEOUT);
     let e = start_error(NetConfig::tap(&ns.tap));
     assert_eq!(e, "TAP interface tap0 is busy: another process has it open");

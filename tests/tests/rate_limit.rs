@@ -1,6 +1,9 @@
-//! Rate limiters on a real VM: the test guest reads from its disk as fast
-//! as it can, and the host measures the rate from the disk counters over a
-//! window that starts after the initial (full-bucket) burst.
+//! Rate limiters on a real VM. Disk: the test guest reads from its disk as
+//! fast as it can, and the host measures the rate from the disk counters
+//! over a window that starts after the initial (full-bucket) burst. Net:
+//! the host sends datagrams through the guest's UDP echo server, a window
+//! at a time, and measures how fast the echoes come back once the bucket
+//! is empty.
 
 // Integration tests: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
@@ -9,6 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hearth::{BlockCounters, BucketConfig, DiskConfig, RateLimit};
+use hearth_tests::netns::NetNs;
+use hearth_tests::udp_echo::{boot_echo, echo_addr, echo_many};
 use hearth_tests::{TestVm, GUEST_TIMEOUT};
 
 fn image() -> PathBuf {
@@ -97,5 +102,61 @@ fn disk_request_rate_is_capped() {
         within_10_percent(ops, IOPS as f64),
         "{ops:.0} reads/s, limit {IOPS}"
     );
+    t.vm.stop();
+}
+
+/// The Ethernet frame of a UDP datagram of `payload` bytes over IPv4: what
+/// the net limiters charge for it.
+const fn udp_frame_len(payload: usize) -> usize {
+    14 + 20 + 8 + payload
+}
+
+#[test]
+fn net_rx_and_tx_are_capped_independently_and_can_be_changed() {
+    const RATE: u64 = 1_000_000; // 660 frames of 1514 B per second
+    const LEN: usize = 1472;
+    let capped = RateLimit {
+        bandwidth: Some(BucketConfig::per_second(RATE)),
+        ops: None,
+    };
+    let free = RateLimit::default();
+    let ns = NetNs::new();
+    let (t, host) = boot_echo(&ns, |n| n.rate_limits(free, capped));
+    let guest = echo_addr(&ns);
+    // Bytes per second through the echo server, after a first batch has
+    // emptied the bucket (it starts full: 660 frames).
+    let rate = |what: &str| {
+        echo_many(&host, guest, 800, LEN, 32);
+        let took = echo_many(&host, guest, 1000, LEN, 32);
+        let rate = 1000.0 * udp_frame_len(LEN) as f64 / took.as_secs_f64();
+        eprintln!("{what}: {rate:.0} B/s");
+        rate
+    };
+
+    let tx = rate("tx capped");
+    assert!(within_10_percent(tx, RATE as f64), "tx {tx:.0} B/s, limit {RATE}");
+    let c = t.vm.net_counters()[0];
+    assert!(c.tx_throttled > 0 && c.rx_throttled == 0, "{c:?}");
+
+    // The other way round, on the running VM.
+    t.vm.set_net_rate_limits(0, capped, free).unwrap();
+    let rx = rate("rx capped");
+    assert!(within_10_percent(rx, RATE as f64), "rx {rx:.0} B/s, limit {RATE}");
+    let d = t.vm.net_counters()[0];
+    assert!(d.rx_throttled > 0 && d.tx_throttled == c.tx_throttled, "{d:?}");
+
+    // Both lifted.
+    t.vm.set_net_rate_limits(0, free, free).unwrap();
+    let took = echo_many(&host, guest, 1000, LEN, 32);
+    let unlimited = 1000.0 * udp_frame_len(LEN) as f64 / took.as_secs_f64();
+    eprintln!("lifted: {unlimited:.0} B/s");
+    assert!(
+        unlimited > 2.0 * RATE as f64,
+        "{unlimited:.0} B/s after lifting the limits"
+    );
+    assert_eq!(t.vm.net_counters()[0].rx_dropped_no_buffer, 0);
+
+    let e = t.vm.set_net_rate_limits(1, free, free).unwrap_err();
+    assert!(e.to_string().contains("no net"), "{e}");
     t.vm.stop();
 }
