@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod device;
+mod drain;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -15,6 +16,8 @@ pub mod status;
 pub mod vsock;
 
 pub use device::{ActivateContext, ActivateError, VirtioDevice};
+pub(crate) use drain::drain;
+pub use drain::QueueError;
 pub use interrupt::VirtioInterrupt;
 pub use mmio::MmioTransport;
 

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::backend::DiskBackend;
 use super::metrics::BlockMetrics;
 use super::request::{self, Limits, Request, RequestType, Segment, ID_BYTES};
 use crate::rate_limiter::RateLimiter;
-use crate::virtio::QueueOutcome;
+use crate::virtio::{drain, QueueError, QueueOutcome};
 use crate::GuestMemoryMmap;
 
 /// Largest piece moved between the disk and guest memory at once; this
@@ -67,8 +67,6 @@ pub struct RequestHandler {
     buf: Vec<u8>,
     metrics: Arc<BlockMetrics>,
     warned: bool,
-    /// Size of the request the limiter last held back.
-    last_throttled_bytes: u64,
 }
 
 impl std::fmt::Debug for RequestHandler {
@@ -92,7 +90,6 @@ impl RequestHandler {
             buf: Vec::new(),
             metrics,
             warned: false,
-            last_throttled_bytes: 0,
         }
     }
 
@@ -109,20 +106,20 @@ impl RequestHandler {
     }
 
     /// Parses, executes and answers one chain. Returns the used length,
-    /// or `None` when the rate limiter holds the request back (nothing was
-    /// done; the chain must be handed back to the ring).
+    /// or `Err(bytes)` when the rate limiter holds the request back
+    /// (nothing was done; the chain must be handed back to the ring).
     pub fn handle(
         &mut self,
         descs: &[Descriptor],
         mem: &GuestMemoryMmap,
         limiter: &mut RateLimiter,
-    ) -> Option<u32> {
+    ) -> Result<u32, u64> {
         let req = match request::parse(descs, mem, &self.limits) {
             Ok(r) => r,
             Err(e) => {
                 BlockMetrics::add(&self.metrics.invalid_requests, 1);
                 self.warn_once(format_args!("refused a request: {e}"));
-                return Some(match (e.status(), request::status_address(descs, mem)) {
+                return Ok(match (e.status(), request::status_address(descs, mem)) {
                     (Some(status), Some(addr)) if mem.write_obj(status, addr).is_ok() => 1,
                     _ => 0,
                 });
@@ -133,8 +130,7 @@ impl RequestHandler {
             _ => 0,
         };
         if !limiter.consume(bytes) {
-            self.last_throttled_bytes = bytes;
-            return None;
+            return Err(bytes);
         }
         let (status, data_written) = match self.execute(&req, mem) {
             Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
@@ -147,7 +143,7 @@ impl RequestHandler {
                 (VIRTIO_BLK_S_IOERR as u8, 0)
             }
         };
-        Some(match mem.write_obj(status, req.status) {
+        Ok(match mem.write_obj(status, req.status) {
             Ok(()) => data_written + 1,
             Err(_) => 0,
         })
@@ -220,14 +216,8 @@ impl RequestHandler {
     }
 }
 
-/// The queue is broken beyond what a status byte can report.
-#[derive(Debug, thiserror::Error)]
-#[error("virtqueue error: {0}")]
-pub struct QueueError(#[from] virtio_queue::Error);
-
-/// Handles every available request the rate limiter allows. Disables
-/// notifications while draining and re-checks after re-enabling them, so
-/// no request is missed with EVENT_IDX.
+/// Handles every available request the rate limiter allows (see
+/// [`drain`]).
 pub fn process_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -236,41 +226,8 @@ pub fn process_queue(
 ) -> Result<QueueOutcome, QueueError> {
     // Bounds the descriptors read per chain, whatever an indirect table says.
     let max_descs = handler.limits().max_segments + 3;
-    let mut used_any = false;
-    loop {
-        queue.disable_notification(mem)?;
-        loop {
-            let batch: Vec<(u16, Vec<Descriptor>)> = queue
-                .iter(mem)?
-                .map(|chain| (chain.head_index(), chain.take(max_descs).collect()))
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
-            let total = batch.len();
-            for (done, (head, descs)) in batch.into_iter().enumerate() {
-                let Some(len) = handler.handle(&descs, mem, limiter) else {
-                    // Give this chain and the rest of the batch back.
-                    for _ in done..total {
-                        queue.go_to_previous_position();
-                    }
-                    let notify = used_any && queue.needs_notification(mem)?;
-                    return Ok(QueueOutcome {
-                        notify,
-                        throttled: Some(limiter.wait_time(handler.last_throttled_bytes)),
-                    });
-                };
-                queue.add_used(mem, head, len)?;
-                used_any = true;
-            }
-        }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
-    Ok(QueueOutcome {
-        notify: used_any && queue.needs_notification(mem)?,
-        throttled: None,
+    drain(queue, mem, limiter, max_descs, |descs, limiter| {
+        handler.handle(descs, mem, limiter)
     })
 }
 

@@ -15,11 +15,12 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{GuestOffloads, NetBackend};
-use super::handler::{QueueError, RxHandler, TxHandler};
+use super::handler::{RxHandler, TxHandler};
 use super::metrics::NetMetrics;
 use crate::rate_limiter::RateLimit;
 use crate::throttle::Throttle;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
+use crate::virtio::QueueError;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::GuestMemoryMmap;
 

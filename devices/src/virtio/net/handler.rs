@@ -16,18 +16,14 @@ use super::rxtx::{
     VNET_HDR_LEN,
 };
 use crate::rate_limiter::RateLimiter;
-use crate::virtio::QueueOutcome;
+use crate::virtio::{drain, QueueError, QueueOutcome};
+
 use crate::GuestMemoryMmap;
 
 /// Frames the receive backlog holds at most.
 pub const RX_BACKLOG_FRAMES: usize = 64;
 /// Bytes the receive backlog holds at most (give or take the last frame).
 pub const RX_BACKLOG_BYTES: usize = 1 << 20;
-
-/// The queue is broken: the device needs a reset.
-#[derive(Debug, thiserror::Error)]
-#[error("virtqueue error: {0}")]
-pub struct QueueError(#[from] virtio_queue::Error);
 
 /// Kinds of problem, each logged once per device.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +52,6 @@ impl Warnings {
 #[derive(Debug)]
 pub struct TxHandler {
     buf: Vec<u8>,
-    descs: Vec<Descriptor>,
     metrics: Arc<NetMetrics>,
     warnings: Warnings,
 }
@@ -66,23 +61,23 @@ impl TxHandler {
     pub fn new(metrics: Arc<NetMetrics>) -> Self {
         Self {
             buf: vec![0; MAX_PACKET_LEN],
-            descs: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS + 1),
             metrics,
             warnings: Warnings::default(),
         }
     }
 
-    /// Validates the chain in `self.descs` and hands its frame to the
+    /// Validates the chain `descs` and hands its frame to the
     /// backend; a bad or refused frame is dropped and counted. Returns
     /// `Err(bytes)`, having done nothing, when the rate limiter holds the
     /// frame back.
     fn send(
         &mut self,
+        descs: &[Descriptor],
         mem: &GuestMemoryMmap,
         backend: &mut dyn NetBackend,
         limiter: &mut RateLimiter,
     ) -> Result<(), u64> {
-        let frame = rxtx::read_tx_frame(&self.descs, mem, &mut self.buf);
+        let frame = rxtx::read_tx_frame(descs, mem, &mut self.buf);
         // A malformed frame costs an operation but no bytes.
         let bytes = frame
             .as_ref()
@@ -115,10 +110,9 @@ impl TxHandler {
         Ok(())
     }
 
-    /// Handles every available chain the rate limiter allows; each goes to
-    /// the used ring with length 0, whatever became of its frame.
-    /// Notifications are disabled while draining and re-checked after
-    /// re-enabling them, so none is missed with EVENT_IDX.
+    /// Handles every available chain the rate limiter allows (see
+    /// [`drain`]); each goes to the used ring with length 0, whatever
+    /// became of its frame.
     pub fn process(
         &mut self,
         queue: &mut Queue,
@@ -126,36 +120,14 @@ impl TxHandler {
         backend: &mut dyn NetBackend,
         limiter: &mut RateLimiter,
     ) -> Result<QueueOutcome, QueueError> {
-        let mut used_any = false;
-        loop {
-            queue.disable_notification(mem)?;
-            loop {
-                let next = queue.iter(mem)?.next();
-                let Some(chain) = next else { break };
-                let head = chain.head_index();
-                self.descs.clear();
-                // One more than allowed, so that too many can be told.
-                self.descs.extend(chain.take(MAX_CHAIN_DESCRIPTORS + 1));
-                if let Err(bytes) = self.send(mem, backend, limiter) {
-                    // Leave the chain on the ring for when tokens are back;
-                    // notifications stay off until then.
-                    queue.go_to_previous_position();
-                    return Ok(QueueOutcome {
-                        notify: used_any && queue.needs_notification(mem)?,
-                        throttled: Some(limiter.wait_time(bytes)),
-                    });
-                }
-                queue.add_used(mem, head, 0)?;
-                used_any = true;
-            }
-            if !queue.enable_notification(mem)? {
-                break;
-            }
-        }
-        Ok(QueueOutcome {
-            notify: used_any && queue.needs_notification(mem)?,
-            throttled: None,
-        })
+        // One more than allowed, so that too many can be told.
+        drain(
+            queue,
+            mem,
+            limiter,
+            MAX_CHAIN_DESCRIPTORS + 1,
+            |descs, limiter| self.send(descs, mem, backend, limiter).map(|()| 0),
+        )
     }
 }
 
