@@ -9,33 +9,22 @@
 // Integration tests: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+mod common;
+
+use common::{assert_one_line_error, hearth, stderr, testguest};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
 const NOBODY: u32 = 65534;
 const JAIL: &str = "uid=65534,gid=65534";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn hearth() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
-    c.env_remove("RUST_LOG").env_remove("HEARTH_JAIL_PROBE");
-    c
-}
-
-fn testguest() -> String {
-    hearth_testguest::elf().to_str().unwrap().to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -49,15 +38,6 @@ macro_rules! needs_root {
             return;
         }
     };
-}
-
-/// Exit status 1 with exactly one stderr line containing `needle`.
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "status {:?}, stderr: {err}", o.status);
-    assert_eq!(err.lines().count(), 1, "expected one line, got: {err}");
-    assert!(err.starts_with("hearth: "), "{err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
 }
 
 /// A fresh directory of this test's own, traversable by everyone.

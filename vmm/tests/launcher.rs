@@ -4,34 +4,14 @@
 // Integration tests: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+mod common;
+
+use common::{assert_one_line_error, hearth, stderr, testguest};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn hearth() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
 fn run(args: &[&str]) -> Output {
     hearth().args(args).output().expect("run hearth")
-}
-
-fn testguest() -> String {
-    hearth_testguest::elf().to_str().unwrap().to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit status 1 with exactly one stderr line containing `needle`.
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "status {:?}, stderr: {err}", o.status);
-    assert_eq!(err.lines().count(), 1, "expected one line, got: {err}");
-    assert!(err.starts_with("hearth: "), "{err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
 }
 
 fn tmp(name: &str) -> PathBuf {
