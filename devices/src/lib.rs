@@ -13,6 +13,7 @@ pub mod rate_limiter;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod throttle;
+pub mod unix_socket;
 pub mod virtio;
 
 /// Guest memory as every device sees it.

@@ -149,9 +149,14 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Restores saved state (instead of `configure` and boot registers).
-    pub fn restore_state(&self, state: &super::vcpu_state::VcpuState) -> Result<(), KvmError> {
-        super::vcpu_state::restore(&self.fd, state)
+    /// Restores saved state (instead of `configure` and boot registers);
+    /// `xsave_size` is the VM's KVM_CAP_XSAVE2 size.
+    pub fn restore_state(
+        &self,
+        state: &super::vcpu_state::VcpuState,
+        xsave_size: usize,
+    ) -> Result<(), KvmError> {
+        super::vcpu_state::restore(&self.fd, state, xsave_size)
     }
 
     /// Starts the vCPU thread; with `paused` it parks (and says so)

@@ -77,7 +77,7 @@ fn save_xsave(fd: &VcpuFd, xsave_size: usize) -> Result<XsaveState, KvmError> {
         });
     }
     let fam_len = (xsave_size - XSAVE_LEGACY_SIZE).div_ceil(4);
-    let mut x = Xsave::new(fam_len).map_err(|_| KvmError::MsrListTooLong(fam_len))?;
+    let mut x = Xsave::new(fam_len).map_err(|_| KvmError::BadState("the XSAVE area is too large"))?;
     // SAFETY: `x` was allocated for `xsave_size` bytes, the size KVM_CAP_XSAVE2
     // reported for this VM, so KVM_GET_XSAVE2 writes inside it.
     unsafe { fd.get_xsave2(&mut x) }.map_err(KvmError::ioctl("KVM_GET_XSAVE2"))?;
@@ -87,18 +87,28 @@ fn save_xsave(fd: &VcpuFd, xsave_size: usize) -> Result<XsaveState, KvmError> {
     })
 }
 
-fn restore_xsave(fd: &VcpuFd, s: &XsaveState) -> Result<(), KvmError> {
+/// Restores the XSAVE area. `xsave_size` is this VM's KVM_CAP_XSAVE2 size
+/// (0 without the capability): KVM_SET_XSAVE reads that many bytes, so a
+/// saved area any smaller is refused.
+fn restore_xsave(fd: &VcpuFd, s: &XsaveState, xsave_size: usize) -> Result<(), KvmError> {
     let region: [u32; 1024] = s
         .region
         .as_slice()
         .try_into()
         .map_err(|_| KvmError::BadState("the XSAVE region is not 4 KiB"))?;
+    let saved_size = XSAVE_LEGACY_SIZE.saturating_add(s.extra.len().saturating_mul(4));
+    if saved_size < xsave_size {
+        return Err(KvmError::BadState(
+            "the saved XSAVE area is smaller than this host's (KVM_CAP_XSAVE2)",
+        ));
+    }
     if s.extra.is_empty() {
         let x = kvm_xsave {
             region,
             ..Default::default()
         };
-        // SAFETY: a legacy 4 KiB area is what KVM_SET_XSAVE reads.
+        // SAFETY: KVM_SET_XSAVE reads the VM's XSAVE2 size, at most 4 KiB
+        // here (checked above), and `x` is a 4 KiB area.
         return unsafe { fd.set_xsave(&x) }.map_err(KvmError::ioctl("KVM_SET_XSAVE"));
     }
     let mut x =
@@ -106,8 +116,8 @@ fn restore_xsave(fd: &VcpuFd, s: &XsaveState) -> Result<(), KvmError> {
     // SAFETY: only the fixed-size region is written; the flexible array's
     // length (the FAM `len`) is left as `from_entries` set it.
     unsafe { x.as_mut_fam_struct() }.xsave.region = region;
-    // SAFETY: `x` holds the whole area saved by KVM_GET_XSAVE2 on a host with
-    // the same XSAVE layout (the CPUID check before restore ensures it).
+    // SAFETY: KVM_SET_XSAVE reads the VM's XSAVE2 size, and `x` holds at
+    // least that many bytes (checked above).
     unsafe { fd.set_xsave2(&x) }.map_err(KvmError::ioctl("KVM_SET_XSAVE2"))
 }
 
@@ -152,7 +162,8 @@ pub(crate) fn save(
 
 /// Restores a vCPU that has not run. The LAPIC goes after the special
 /// registers and before the MSRs; vCPU events after the registers.
-pub(crate) fn restore(fd: &VcpuFd, s: &VcpuState) -> Result<(), KvmError> {
+/// `xsave_size` is the VM's KVM_CAP_XSAVE2 size.
+pub(crate) fn restore(fd: &VcpuFd, s: &VcpuState, xsave_size: usize) -> Result<(), KvmError> {
     if let Some(khz) = s.tsc_khz {
         // Scaling is only possible with TSC scaling; same-frequency hosts
         // need nothing.
@@ -166,7 +177,7 @@ pub(crate) fn restore(fd: &VcpuFd, s: &VcpuState) -> Result<(), KvmError> {
         .map_err(KvmError::ioctl("KVM_SET_MP_STATE"))?;
     fd.set_regs(&s.regs).map_err(KvmError::ioctl("KVM_SET_REGS"))?;
     fd.set_sregs(&s.sregs).map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
-    restore_xsave(fd, &s.xsave)?;
+    restore_xsave(fd, &s.xsave, xsave_size)?;
     fd.set_xcrs(&s.xcrs).map_err(KvmError::ioctl("KVM_SET_XCRS"))?;
     fd.set_debug_regs(&s.debug_regs)
         .map_err(KvmError::ioctl("KVM_SET_DEBUGREGS"))?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use hearth_devices::legacy::boot_timer::process_cpu_time;
+use kvm_ioctls::Cap;
 
 use super::{cpu_check, memory, RestoreMemory, Snapshot, SnapshotError, MEMORY_FILE};
 use crate::assemble::{prepare_host, Assembly};
@@ -109,8 +110,8 @@ impl Snapshot {
             *slot = net.clone();
         }
         let host = prepare_host(&config)?;
-        if let Some(first) = state.vcpus.first() {
-            if let Some(gap) = cpu_check::missing_features(host.cpuid.as_slice(), &first.cpuid) {
+        for vcpu in &state.vcpus {
+            if let Some(gap) = cpu_check::missing_features(host.cpuid.as_slice(), &vcpu.cpuid) {
                 return Err(SnapshotError::CpuFeatures(gap).into());
             }
         }
@@ -118,8 +119,9 @@ impl Snapshot {
             .map_err(SnapshotError::Memory)?;
         let mut parts = Assembly::new(host, memory, &config, t0, Some(&state.devices))?;
         let vcpus = parts.create_vcpus(config.vcpus)?;
+        let xsave_size = parts.kvm_vm.fd().check_extension_int(Cap::Xsave2).max(0) as usize;
         for (index, (vcpu, saved)) in vcpus.iter().zip(&state.vcpus).enumerate() {
-            vcpu.restore_state(saved)
+            vcpu.restore_state(saved, xsave_size)
                 .map_err(|source| SnapshotError::Vcpu { index, source })?;
         }
         vm_state::restore(parts.kvm_vm.fd(), &state.vm).map_err(SnapshotError::VmState)?;

@@ -20,6 +20,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::connection::{Connection, Verdict};
 use super::defs::*;
 use super::handshake::{self, Handshake, MAX_HANDSHAKE_LEN};
+use crate::unix_socket::clear_stale_socket;
 
 /// Most live connections per device.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -101,12 +102,12 @@ fn bind(path: &Path) -> Result<UnixListener, MuxerError> {
         path: path.into(),
         source,
     };
-    if path.exists() {
-        // A live listener means another VM owns it; a dead one is stale.
-        if UnixStream::connect(path).is_ok() {
-            return Err(MuxerError::InUse { path: path.into() });
+    // A live listener means another VM owns it; a dead one is stale.
+    match clear_stale_socket(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            return Err(MuxerError::InUse { path: path.into() })
         }
-        std::fs::remove_file(path).map_err(bind_err)?;
+        r => r.map_err(bind_err)?,
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;

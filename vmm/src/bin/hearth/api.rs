@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use hearth::seccomp::{Filter, ThreadKind};
 use hearth::{RateLimit, Vm};
+use hearth_devices::unix_socket::clear_stale_socket;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -117,9 +118,8 @@ fn serve_client(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
 
 /// Binds `path`, replacing a stale socket.
 pub fn listen(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() && UnixStream::connect(path).is_err() {
-        std::fs::remove_file(path)?;
-    }
+    clear_stale_socket(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on API socket {}: {e}", path.display()))?;
     UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("cannot listen on API socket {}: {e}", path.display()))
 }

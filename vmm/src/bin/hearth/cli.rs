@@ -62,7 +62,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub eager: bool,
     /// Stay paused until a resume command arrives on the API socket.
-    #[arg(long)]
+    #[arg(long, requires = "api_sock")]
     pub paused: bool,
     /// Print the restore time to stderr.
     #[arg(long)]

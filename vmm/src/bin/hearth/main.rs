@@ -115,8 +115,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's first paragraph, on one line (a missing argument's
+            // name is on the lines after the first).
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = first.join(" ");
             eprintln!(
                 "hearth: {} (see hearth --help)",
                 first.trim_start_matches("error: ")
