@@ -30,6 +30,21 @@ impl std::fmt::Debug for Throttle {
     }
 }
 
+/// A timerfd whose read never blocks. The event loop may read a timer
+/// after something in the same epoll batch re-armed or cleared it; a
+/// blocking read would then stall every device on the loop until the new
+/// deadline, or for ever.
+pub(crate) fn nonblocking_timer() -> io::Result<TimerFd> {
+    let timer = TimerFd::new()?;
+    // SAFETY: fcntl on a descriptor we own, with plain integer flags.
+    let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(timer)
+}
+
 impl Throttle {
     /// A throttle enforcing `config`.
     pub fn new(config: RateLimit) -> io::Result<Self> {
@@ -38,16 +53,7 @@ impl Throttle {
 
     /// A throttle around an existing limiter (tests pass a fake clock).
     pub fn with_limiter(limiter: RateLimiter, config: RateLimit) -> io::Result<Self> {
-        let timer = TimerFd::new()?;
-        // The event loop may read the timer after it was re-armed in the
-        // same epoll batch; a non-blocking fd makes that read harmless.
-        // SAFETY: fcntl on a descriptor we own, with plain integer flags.
-        let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        let timer = nonblocking_timer()?;
         Ok(Self {
             limiter,
             config,
@@ -86,11 +92,8 @@ impl Throttle {
 
     /// Handles the timer firing. Returns whether the device may run again.
     pub fn on_timer(&mut self) -> bool {
-        let mut count = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a local buffer from a
-        // non-blocking descriptor we own; the result is checked.
-        let n = unsafe { libc::read(self.timer.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
-        if n == 8 {
+        // Err(EAGAIN): it was re-armed since it fired; keep waiting.
+        if self.timer.wait().is_ok() {
             self.blocked = false;
         }
         !self.blocked
@@ -116,6 +119,21 @@ impl Throttle {
 mod tests {
     use super::*;
     use crate::rate_limiter::BucketConfig;
+
+    #[test]
+    fn reading_a_rearmed_or_cleared_timer_does_not_block() {
+        let mut timer = nonblocking_timer().unwrap();
+        timer.reset(Duration::from_micros(1), None).unwrap();
+        assert!(wait_readable(timer.as_raw_fd(), 1000));
+        // Something earlier in the same epoll batch re-arms it far away,
+        // or clears it: the read must come back at once, empty-handed.
+        timer.reset(Duration::from_secs(3600), None).unwrap();
+        let t0 = std::time::Instant::now();
+        assert!(timer.wait().is_err());
+        timer.clear().unwrap();
+        assert!(timer.wait().is_err());
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
 
     fn wait_readable(fd: RawFd, timeout_ms: i32) -> bool {
         let mut pfd = libc::pollfd {

@@ -143,7 +143,9 @@ impl SerialDevice {
 
     /// The registers and FIFO now.
     pub fn save(&self) -> SerialSnapshot {
-        self.uart.lock().map(|u| u.state().into()).unwrap_or_default()
+        // A poisoned lock still holds the registers as they were.
+        let uart = self.uart.lock().unwrap_or_else(|p| p.into_inner());
+        uart.state().into()
     }
 
     /// Queues bytes for the guest to read. Returns how many fitted in the FIFO.

@@ -11,6 +11,8 @@ use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::throttle::nonblocking_timer;
+
 use super::defs::{Header, EVENT_TRANSPORT_RESET, MAX_PKT_DATA};
 use super::muxer::{Muxer, MuxerError, RESET_ACK_TIMEOUT};
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
@@ -121,7 +123,7 @@ impl Vsock {
                 EventFd::new(EFD_NONBLOCK)?,
             ],
             activate_evt: EventFd::new(EFD_NONBLOCK)?,
-            timer: TimerFd::new().map_err(std::io::Error::from)?,
+            timer: nonblocking_timer()?,
             timer_deadline: None,
             registered: std::collections::HashSet::new(),
             muxer: Muxer::new(cid, uds_path)?,
@@ -330,8 +332,11 @@ impl Vsock {
 
     /// Expires timed-out handshakes and connections.
     pub fn on_timer(&mut self) {
+        // Non-blocking: if the timer was re-armed or cleared earlier in this
+        // epoll batch, this finds nothing and the deadlines are simply
+        // re-checked.
         let _ = self.timer.wait();
-        // Fired: re-arm for whatever is next.
+        // Re-arm for whatever is next.
         self.timer_deadline = None;
         self.muxer.on_timer(Instant::now());
     }
