@@ -90,12 +90,26 @@ impl Vm {
             source,
         })?;
         let tmp = tmp_name(&state_path);
-        std::fs::write(&tmp, &bytes).map_err(write_err(&tmp))?;
         let memory_path = dir.join(MEMORY_FILE);
         let tmp_mem = tmp_name(&memory_path);
-        let stats = memory::save(&self.memory, &tmp_mem).map_err(write_err(&tmp_mem))?;
-        std::fs::rename(&tmp_mem, &memory_path).map_err(write_err(&memory_path))?;
-        std::fs::rename(&tmp, &state_path).map_err(write_err(&state_path))?;
+        let written = (|| {
+            std::fs::write(&tmp, &bytes).map_err(write_err(&tmp))?;
+            let stats = memory::save(&self.memory, &tmp_mem).map_err(write_err(&tmp_mem))?;
+            std::fs::rename(&tmp_mem, &memory_path).map_err(write_err(&memory_path))?;
+            std::fs::rename(&tmp, &state_path).map_err(write_err(&state_path))?;
+            Ok::<_, SnapshotError>(stats)
+        })();
+        let stats = match written {
+            Ok(stats) => stats,
+            Err(e) => {
+                // A full disk must not leave half-written files behind. (If
+                // only the state's rename failed, the new memory file is
+                // already in place.)
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&tmp_mem);
+                return Err(e.into());
+            }
+        };
         Ok(SnapshotInfo {
             state_bytes: bytes.len() as u64,
             memory_bytes: stats.size,
