@@ -95,17 +95,20 @@ impl Snapshot {
             v.uds_path = path.clone();
         }
         for (&index, disk) in &options.disks {
-            let slot = config.disks.get_mut(index).ok_or_else(|| {
-                SnapshotError::Inconsistent(format!(
-                    "no disk {index} to replace ({} disks)",
-                    state.config.disks.len()
-                ))
+            let count = config.disks.len();
+            let slot = config.disks.get_mut(index).ok_or(Error::NoSuchDevice {
+                kind: "disk",
+                index,
+                count,
             })?;
             *slot = disk.clone();
         }
         for (&index, net) in &options.nets {
-            let slot = config.nets.get_mut(index).ok_or_else(|| {
-                SnapshotError::Inconsistent(format!("no network interface {index} to replace"))
+            let count = config.nets.len();
+            let slot = config.nets.get_mut(index).ok_or(Error::NoSuchDevice {
+                kind: "net",
+                index,
+                count,
             })?;
             *slot = net.clone();
         }
