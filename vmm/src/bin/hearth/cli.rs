@@ -359,6 +359,8 @@ mod tests {
             "0=/d.img,ro",
             "--eager",
             "--paused",
+            "--api-sock",
+            "/api.sock",
         ])
         .unwrap();
         let Command::Restore(r) = cli.command else {
@@ -373,6 +375,8 @@ mod tests {
         );
         assert_eq!(o.disks.get(&0), Some(&DiskConfig::file("/d.img").read_only(true)));
         assert!(Cli::try_parse_from(["hearth", "restore", "/s", "--disk", "x=/a"]).is_err());
+        // Paused with no API socket to resume it from would never run.
+        assert!(Cli::try_parse_from(["hearth", "restore", "/s", "--paused"]).is_err());
     }
 
     #[test]
