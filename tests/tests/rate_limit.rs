@@ -16,10 +16,11 @@ use hearth_tests::netns::NetNs;
 use hearth_tests::udp_echo::{boot_echo, echo_addr, echo_many};
 use hearth_tests::{TestVm, GUEST_TIMEOUT};
 
-fn image() -> PathBuf {
+/// An 8 MiB disk image of the test's own (the tests run in parallel).
+fn image(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hearth-rate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("disk.img");
+    let p = dir.join(format!("{test}.img"));
     std::fs::File::create(&p).unwrap().set_len(8 << 20).unwrap();
     p
 }
@@ -44,10 +45,10 @@ fn within_10_percent(got: f64, want: f64) -> bool {
 }
 
 /// Starts the guest's read loop under `limit`, waits out the burst.
-fn start(limit: RateLimit, reads: u64) -> TestVm {
+fn start(test: &str, limit: RateLimit, reads: u64) -> TestVm {
     let t = TestVm::scenario("blk")
         .arg(&format!("tg.blk.bench={reads}"))
-        .disk(DiskConfig::file(image()).rate_limit(limit))
+        .disk(DiskConfig::file(image(test)).rate_limit(limit))
         .start();
     t.expect("BLK-BENCH-START\n", GUEST_TIMEOUT);
     // The bucket starts full: let the guest drain it first.
@@ -62,7 +63,7 @@ fn disk_bandwidth_is_capped_and_can_be_lifted() {
         bandwidth: Some(BucketConfig::per_second(RATE)),
         ops: None,
     };
-    let t = start(limit, 100_000);
+    let t = start("bandwidth", limit, 100_000);
     let (bytes, _) = measure(&t, Duration::from_secs(2));
     eprintln!("capped: {:.0} B/s for a {RATE} B/s limit", bytes);
     assert!(
@@ -95,7 +96,7 @@ fn disk_request_rate_is_capped() {
         bandwidth: None,
         ops: Some(BucketConfig::per_second(IOPS)),
     };
-    let t = start(limit, 100_000);
+    let t = start("iops", limit, 100_000);
     let (_, ops) = measure(&t, Duration::from_secs(2));
     eprintln!("capped: {ops:.0} reads/s for a {IOPS}/s limit");
     assert!(

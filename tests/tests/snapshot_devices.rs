@@ -5,12 +5,13 @@
 // Integration tests: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use hearth::{DiskConfig, ExitReason, NetConfig, RestoreOptions, SerialBuffer, SerialOutput, Vm};
 use hearth_tests::netns::NetNs;
+use hearth_tests::udp_echo::{boot_echo, echo_addr};
 use hearth_tests::{TestVm, GUEST_TIMEOUT};
 
 fn tmp(name: &str) -> PathBuf {
@@ -107,19 +108,8 @@ fn disk_override_restores_onto_a_copy() {
 #[test]
 fn net_scenario_works_after_restore_on_another_tap() {
     let ns = NetNs::new();
-    ns.enter();
-    let host = UdpSocket::bind((ns.host_ip, 7777)).unwrap();
-    host.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
-    let t = TestVm::scenario("net")
-        .arg(&format!(
-            "tg.net.ip={} tg.net.host={} tg.net.port=7777 tg.net.listen=7778",
-            ns.guest_ip, ns.host_ip
-        ))
-        .net(NetConfig::tap(&ns.tap).mac("52:54:00:00:00:07"))
-        .start();
-    t.expect("NET-UDP-SENT\n", GUEST_TIMEOUT);
+    let (t, host) = boot_echo(&ns, |n| n.mac("52:54:00:00:00:07"));
     let mut buf = [0u8; 2048];
-    host.recv_from(&mut buf).unwrap();
     t.vm.pause().unwrap();
     let dir = tmp("net-snap");
     t.vm.snapshot(&dir).unwrap();
@@ -138,7 +128,7 @@ fn net_scenario_works_after_restore_on_another_tap() {
         RestoreOptions::new().net(0, NetConfig::tap("tap9").mac("52:54:00:00:00:07")),
     );
     assert_eq!(vm.config().nets[0].tap, "tap9");
-    let guest = SocketAddr::from((ns2.guest_ip, 7778));
+    let guest = echo_addr(&ns2);
     for i in 0..20u32 {
         let msg = format!("after-restore-{i}");
         host.send_to(msg.as_bytes(), guest).unwrap();

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{assert_one_line_error, hearth, stderr, testguest};
+use common::{assert_one_line_error, hearth, needs_root, stderr, testguest};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -25,20 +25,6 @@ use std::time::Duration;
 const NOBODY: u32 = 65534;
 const JAIL: &str = "uid=65534,gid=65534";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! needs_root {
-    ($name:literal) => {
-        if !is_root() {
-            eprintln!("SKIPPED {}: --jail needs root", $name);
-            return;
-        }
-    };
-}
 
 /// A fresh directory of this test's own, traversable by everyone.
 fn tmp(test: &str) -> PathBuf {

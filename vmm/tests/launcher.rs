@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_one_line_error, hearth, stderr, testguest};
+use common::{assert_one_line_error, hearth, needs_root, stderr, testguest};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -18,11 +18,6 @@ fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hearth-launcher-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() == 0 }
 }
 
 #[test]
@@ -118,10 +113,7 @@ fn kernel_is_neither_elf_nor_bzimage() {
 
 #[test]
 fn unreadable_kernel() {
-    if !is_root() {
-        eprintln!("SKIPPED unreadable_kernel: needs root to switch to an unprivileged user");
-        return;
-    }
+    needs_root!("unreadable_kernel: to switch to an unprivileged user");
     let k = tmp("secret-kernel");
     std::fs::copy(hearth_testguest::elf(), &k).unwrap();
     std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -266,10 +258,7 @@ fn bad_disks() {
 
 #[test]
 fn dev_kvm_missing() {
-    if !is_root() {
-        eprintln!("SKIPPED dev_kvm_missing: needs root for a private mount namespace");
-        return;
-    }
+    needs_root!("dev_kvm_missing: for a private mount namespace");
     // A private /dev without kvm, in a mount namespace of our own.
     let script = format!(
         "mount -t tmpfs none /dev && exec {} run --kernel {} --serial none",
@@ -285,10 +274,7 @@ fn dev_kvm_missing() {
 
 #[test]
 fn dev_kvm_not_permitted() {
-    if !is_root() {
-        eprintln!("SKIPPED dev_kvm_not_permitted: needs root to switch to an unprivileged user");
-        return;
-    }
+    needs_root!("dev_kvm_not_permitted: to switch to an unprivileged user");
     assert!(
         Path::new("/dev/kvm").exists(),
         "/dev/kvm is required for these tests"

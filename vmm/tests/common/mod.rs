@@ -27,3 +27,28 @@ pub fn assert_one_line_error(o: &Output, needle: &str) {
     assert!(err.starts_with("hearth: "), "{err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
 }
+
+/// Whether the tests run as root (the suite needs it: jails, namespaces,
+/// switching users).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns from the test when not root and `HEARTH_SKIP_ROOT=1` says so;
+/// without that, a test that needs root fails rather than passing quietly.
+macro_rules! needs_root {
+    ($why:literal) => {
+        if !common::is_root() {
+            if std::env::var_os("HEARTH_SKIP_ROOT").is_some_and(|v| v == "1") {
+                eprintln!("SKIPPED (HEARTH_SKIP_ROOT=1): {}", $why);
+                return;
+            }
+            panic!(
+                "this test needs root ({}); set HEARTH_SKIP_ROOT=1 to skip it",
+                $why
+            );
+        }
+    };
+}
+pub(crate) use needs_root;
