@@ -59,6 +59,9 @@ pub enum Error {
         /// The request.
         request: &'static str,
     },
+    /// The device event loop did not answer a pause request in time.
+    #[error("the device event loop did not answer a pause request")]
+    EventLoopUnresponsive,
     /// No device has this index.
     #[error("there is no {kind} {index}: the VM has {count}")]
     NoSuchDevice {

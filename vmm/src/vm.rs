@@ -122,7 +122,9 @@ impl Vm {
                 }
             }
             if let Some(el) = &self.event_loop {
-                el.pause(ANSWER_TIMEOUT);
+                if !el.pause(ANSWER_TIMEOUT) {
+                    return Err(Error::EventLoopUnresponsive);
+                }
             }
             *self.lock_paused() = true;
         }
@@ -223,10 +225,15 @@ impl Vm {
         if pause {
             if let Some(el) = &self.event_loop {
                 if !el.pause(ANSWER_TIMEOUT) {
-                    return Err(Error::VcpuUnresponsive {
-                        index: usize::MAX,
-                        request: "pause (event loop)",
-                    });
+                    // Not paused after all: let the vCPUs run again, so
+                    // that the VM is in the state `paused` says.
+                    for vcpu in &self.vcpus {
+                        vcpu.send(VcpuRequest::Resume);
+                    }
+                    for vcpu in &self.vcpus {
+                        let _ = vcpu.recv(ANSWER_TIMEOUT);
+                    }
+                    return Err(Error::EventLoopUnresponsive);
                 }
             }
         }
