@@ -9,6 +9,7 @@
 # linux-source package version. A cache hit returns at once.
 #
 # Progress goes to stderr; the last line on stdout is the vmlinux path.
+# Beside it, kernel.release holds the release the guest reports (uname -r).
 #
 # Environment:
 #   HEARTH_CACHE          cache root (default: $HOME/.cache/hearth)
@@ -85,7 +86,7 @@ verify_config() {
 }
 
 build() {
-	local out="$1" work src p jobs
+	local out="$1" version="$2" work src p jobs
 	jobs="${HEARTH_KERNEL_JOBS:-$(nproc)}"
 	work="$(mktemp -d "$out/work.XXXXXX")"
 	# Remove the scratch tree on any exit from this function's shell.
@@ -95,12 +96,15 @@ build() {
 	tar -C "$work" -xf "$tarball"
 	src="$work/$src_pkg"
 	[[ -d "$src" ]] || die "$tarball did not unpack to $src_pkg/"
+	local srcver
+	srcver="$(make -s -C "$src" kernelversion 2>/dev/null)" || die "cannot read the kernel version of $src_pkg $version"
+	log "source: $src_pkg $version (Linux $srcver)"
 
 	for p in "$here"/patches/*.patch; do
 		[[ -f "$p" ]] || continue
 		log "applying ${p#"$here"/}"
 		patch -d "$src" -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch <"$p" >&2 ||
-			die "patch ${p#"$here"/} does not apply"
+			die "patch ${p#"$here"/} does not apply to Linux $srcver ($src_pkg $version)"
 	done
 
 	local kmake=(make -C "$src" ARCH=x86_64 KBUILD_BUILD_USER=hearth KBUILD_BUILD_HOST=hearth)
@@ -113,6 +117,9 @@ build() {
 	"${kmake[@]}" -j"$jobs" vmlinux >&2
 	log "vmlinux built in $((SECONDS - start)) s"
 
+	# The release the guest reports (uname -r): tests read it from here,
+	# never from a constant, because Debian's linux-source-6.1 moves.
+	cp "$src/include/config/kernel.release" "$out/kernel.release.tmp"
 	local f
 	for f in .config System.map vmlinux; do
 		cp "$src/$f" "$out/${f#.}.tmp"
@@ -123,6 +130,7 @@ build() {
 	fi
 	mv -f "$out/config.tmp" "$out/config"
 	mv -f "$out/System.map.tmp" "$out/System.map"
+	mv -f "$out/kernel.release.tmp" "$out/kernel.release"
 	# vmlinux last: its presence marks a complete cache entry.
 	mv -f "$out/vmlinux.tmp" "$out/vmlinux"
 	rm -rf "$work"
@@ -141,7 +149,7 @@ main() {
 	out="$cache_root/kernel-$key"
 
 	if [[ -f "$out/vmlinux" ]]; then
-		log "cached: $out/vmlinux"
+		log "cached: $out/vmlinux (Linux $(cat "$out/kernel.release" 2>/dev/null || echo unknown))"
 		printf '%s\n' "$out/vmlinux"
 		return 0
 	fi
@@ -156,12 +164,12 @@ main() {
 	if [[ ! -f "$out/vmlinux" ]]; then
 		# Scratch trees of interrupted builds (we hold the lock).
 		rm -rf "$out"/work.*
-		(build "$out")
+		(build "$out" "$version")
 	fi
 	exec 9>&-
 
 	[[ -f "$out/vmlinux" ]] || die "no vmlinux in $out"
-	log "built: $out/vmlinux"
+	log "built: $out/vmlinux (Linux $(cat "$out/kernel.release"))"
 	printf '%s\n' "$out/vmlinux"
 }
 

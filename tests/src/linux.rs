@@ -5,6 +5,9 @@
 //! `.ci/run` exports their paths:
 //!
 //! - `HEARTH_VMLINUX`: the kernel;
+//! - `HEARTH_KERNEL_RELEASE`: the release that kernel reports (`uname -r`),
+//!   read from the tree it was built from (Debian's linux-source-6.1 moves,
+//!   so no test may assume one);
 //! - `HEARTH_ROOTFS_DIR`: `initramfs.cpio` and `rootfs.ext4`.
 //!
 //! Set `HEARTH_SKIP_LINUX=1` to skip this tier locally (each test says so
@@ -48,6 +51,8 @@ pub struct LinuxGuest {
     pub initramfs: PathBuf,
     /// ext4 image with hearth-init as /sbin/init and busybox.
     pub rootfs: PathBuf,
+    /// What `uname -r` says in the guest (from the kernel build).
+    pub kernel_release: String,
 }
 
 /// The guest files, or `None` (with a note on stderr) when the tier is
@@ -67,10 +72,13 @@ pub fn guest(test: &str) -> Option<LinuxGuest> {
     };
     let vmlinux = var("HEARTH_VMLINUX");
     let dir = var("HEARTH_ROOTFS_DIR");
+    let kernel_release = var("HEARTH_KERNEL_RELEASE").to_string_lossy().trim().to_string();
+    assert!(!kernel_release.is_empty(), "HEARTH_KERNEL_RELEASE is empty");
     let g = LinuxGuest {
         vmlinux,
         initramfs: dir.join("initramfs.cpio"),
         rootfs: dir.join("rootfs.ext4"),
+        kernel_release,
     };
     for p in [&g.vmlinux, &g.initramfs, &g.rootfs] {
         assert!(p.is_file(), "{} is missing", p.display());

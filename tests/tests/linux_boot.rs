@@ -18,6 +18,12 @@ fn boot_to_init(test: &str, vcpus: u32) {
     .start();
     // On failure, `expect` prints the whole console: the exact point where
     // the boot stopped.
+    // The release comes from the kernel tree that was built, never from a
+    // constant: Debian's linux-source-6.1 moves.
+    t.expect(
+        &format!("CHECK uname PASS release={} ", g.kernel_release),
+        LINUX_TIMEOUT,
+    );
     t.expect(&format!("CHECK cpus PASS online={vcpus} "), LINUX_TIMEOUT);
     t.expect("HEARTH-INIT DONE pass=2 fail=0", LINUX_TIMEOUT);
     assert_eq!(t.expect_exit(LINUX_TIMEOUT), ExitReason::Reset);

@@ -13,6 +13,7 @@ use crate::kvm::vcpu::Vcpu;
 use crate::kvm::vm::KvmVm;
 use crate::kvm::{self, kick, Host, KvmError};
 use crate::memory::GuestMemoryMmap;
+use crate::runner::Runner;
 use crate::seccomp::{Filter, ThreadKind};
 use crate::snapshot::state::DevicesState;
 use crate::vm::Vm;
@@ -106,8 +107,7 @@ impl Assembly {
             )
         };
         let mut vm = Vm {
-            vcpus: Vec::new(),
-            event_loop,
+            runner: Runner::new(event_loop, self.run_state.clone()),
             run_state: self.run_state,
             devices,
             kvm_vm: self.kvm_vm,
@@ -115,7 +115,6 @@ impl Assembly {
             config,
             host: self.host,
             cpuids,
-            paused: std::sync::Mutex::new(false),
         };
         let filter = Filter::new(ThreadKind::Vcpu, vm.config.seccomp)?;
         vm.spawn_vcpus(vcpus, paused, filter)?;

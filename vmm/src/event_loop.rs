@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::Instant;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
@@ -41,6 +41,8 @@ struct Control {
 impl MutEventSubscriber for Control {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.evt.read();
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::before_event_loop_park();
         let mut st = self.pause.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.requested && !self.stop.load(Ordering::SeqCst) {
             // Park the whole loop: no device runs until resumed.
@@ -112,14 +114,14 @@ impl EventLoop {
     }
 
     /// Parks the loop between events; returns once it is parked (or
-    /// `false` if it did not park within `timeout`).
-    pub fn pause(&self, timeout: Duration) -> bool {
+    /// `false` if it did not park by `deadline`: the request then stays
+    /// pending until [`resume`](Self::resume) cancels it).
+    pub fn pause(&self, deadline: Instant) -> bool {
         let mut st = self.pause.state.lock().unwrap_or_else(|p| p.into_inner());
         st.requested = true;
         let _ = self.evt.write(1);
-        let deadline = std::time::Instant::now() + timeout;
         while !st.parked {
-            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
             st = self
@@ -132,7 +134,7 @@ impl EventLoop {
         true
     }
 
-    /// Lets a parked loop run again.
+    /// Lets a parked loop run again, or cancels a pause it has not reached.
     pub fn resume(&self) {
         let mut st = self.pause.state.lock().unwrap_or_else(|p| p.into_inner());
         st.requested = false;

@@ -1,7 +1,7 @@
 //! The public handle of a running VM.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_devices::legacy::boot_timer::process_cpu_time;
@@ -14,16 +14,13 @@ use crate::boot::{self, BootFiles, BootSpec};
 use crate::config::VmConfig;
 use crate::device_manager::Devices;
 use crate::error::Error;
-use crate::event_loop::EventLoop;
 use crate::exit::{ExitReason, RunState};
-use crate::kvm::vcpu::{Vcpu, VcpuHandle, VcpuRequest, VcpuResponse};
+use crate::kvm::vcpu::Vcpu;
 use crate::kvm::vm::KvmVm;
 use crate::kvm::Host;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
+use crate::runner::Runner;
 use crate::seccomp::Filter;
-
-/// How long a vCPU or the event loop may take to answer a pause or resume.
-pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running microVM.
 ///
@@ -42,8 +39,7 @@ pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Vm {
     // Fields drop in order: the threads are gone (see Drop) before the
     // vCPU and VM fds close, and those close before guest memory unmaps.
-    pub(crate) vcpus: Vec<VcpuHandle>,
-    pub(crate) event_loop: Option<EventLoop>,
+    pub(crate) runner: Runner,
     pub(crate) run_state: Arc<RunState>,
     pub(crate) devices: Devices,
     pub(crate) kvm_vm: KvmVm,
@@ -52,8 +48,6 @@ pub struct Vm {
     pub(crate) host: Arc<Host>,
     /// The CPUID table set on each vCPU.
     pub(crate) cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
-    /// Serialises pause/resume/snapshot; true while paused.
-    pub(crate) paused: Mutex<bool>,
 }
 
 impl Vm {
@@ -110,29 +104,12 @@ impl Vm {
             let handle = vcpu
                 .spawn(paused, filter)
                 .map_err(|source| Error::Thread { what: "vCPU", source })?;
-            self.vcpus.push(handle);
+            self.runner.push_vcpu(handle);
         }
         if paused {
-            for (index, vcpu) in self.vcpus.iter().enumerate() {
-                if vcpu.recv(ANSWER_TIMEOUT) != Some(VcpuResponse::Paused) {
-                    return Err(Error::VcpuUnresponsive {
-                        index,
-                        request: "pause",
-                    });
-                }
-            }
-            if let Some(el) = &self.event_loop {
-                if !el.pause(ANSWER_TIMEOUT) {
-                    return Err(Error::EventLoopUnresponsive);
-                }
-            }
-            *self.lock_paused() = true;
+            self.runner.adopt_spawned_paused()?;
         }
         Ok(())
-    }
-
-    fn lock_paused(&self) -> std::sync::MutexGuard<'_, bool> {
-        self.paused.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Blocks until the VM exits, and returns why.
@@ -156,89 +133,26 @@ impl Vm {
     /// [`ExitReason::Stopped`] unless the guest had already exited.
     pub fn stop(&self) -> ExitReason {
         self.run_state.request_exit(ExitReason::Stopped);
-        for vcpu in &self.vcpus {
-            // Wakes a paused vCPU; a running one is kicked by request_exit.
-            vcpu.send(VcpuRequest::Finish);
-        }
-        self.run_state.kick_all();
-        if let Some(el) = &self.event_loop {
-            el.resume();
-        }
+        self.runner.stop();
         self.wait()
     }
 
     /// Stops every vCPU at an instruction boundary (any exit in flight has
-    /// completed) and parks device processing. Idempotent.
+    /// completed) and parks device processing. All or nothing: if any part
+    /// does not answer in time, every part runs again and the error says
+    /// which. Idempotent.
     pub fn pause(&self) -> Result<(), Error> {
-        self.transition(true)
+        self.runner.pause()
     }
 
     /// Lets a paused VM run again. Idempotent.
     pub fn resume(&self) -> Result<(), Error> {
-        self.transition(false)
+        self.runner.resume()
     }
 
     /// True while paused.
     pub fn is_paused(&self) -> bool {
-        *self.lock_paused()
-    }
-
-    fn transition(&self, pause: bool) -> Result<(), Error> {
-        let mut paused = self.lock_paused();
-        if *paused == pause {
-            return Ok(());
-        }
-        if let Some(reason) = self.run_state.exit_reason() {
-            return Err(Error::NotRunning(reason));
-        }
-        let (name, expected) = if pause {
-            ("pause", VcpuResponse::Paused)
-        } else {
-            ("resume", VcpuResponse::Resumed)
-        };
-        if !pause {
-            if let Some(el) = &self.event_loop {
-                el.resume();
-            }
-        }
-        for vcpu in &self.vcpus {
-            vcpu.send(if pause {
-                VcpuRequest::Pause
-            } else {
-                VcpuRequest::Resume
-            });
-        }
-        if pause {
-            self.run_state.kick_all();
-        }
-        for (index, vcpu) in self.vcpus.iter().enumerate() {
-            match vcpu.recv(ANSWER_TIMEOUT) {
-                Some(r) if r == expected => {}
-                Some(VcpuResponse::Exited) => {
-                    return Err(Error::NotRunning(
-                        self.run_state.exit_reason().unwrap_or(ExitReason::Stopped),
-                    ))
-                }
-                _ => return Err(Error::VcpuUnresponsive { index, request: name }),
-            }
-        }
-        if pause {
-            if let Some(el) = &self.event_loop {
-                if !el.pause(ANSWER_TIMEOUT) {
-                    // Not paused after all: let the vCPUs run again, so
-                    // that the VM is in the state `paused` says.
-                    for vcpu in &self.vcpus {
-                        vcpu.send(VcpuRequest::Resume);
-                    }
-                    for vcpu in &self.vcpus {
-                        let _ = vcpu.recv(ANSWER_TIMEOUT);
-                    }
-                    return Err(Error::EventLoopUnresponsive);
-                }
-            }
-        }
-        *paused = pause;
-        Ok(())
+        self.runner.is_paused()
     }
 
     /// When the guest wrote its boot-ready marker (see
@@ -288,21 +202,7 @@ impl Drop for Vm {
         if self.run_state.exit_reason().is_none() {
             self.stop();
         }
-        for vcpu in &self.vcpus {
-            vcpu.send(VcpuRequest::Finish);
-        }
-        self.run_state.kick_all();
-        // From here on no thread is kicked, so joining is safe.
-        self.run_state.close_kick_list();
-        for vcpu in &mut self.vcpus {
-            if let Err(e) = vcpu.join() {
-                log::error!("{e}");
-            }
-        }
-        self.vcpus.clear();
-        if let Some(mut event_loop) = self.event_loop.take() {
-            event_loop.stop();
-        }
+        self.runner.join();
         self.devices.serial.flush();
         log::debug!("VM threads stopped in {} us", t.elapsed().as_micros());
     }

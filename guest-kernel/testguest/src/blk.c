@@ -6,8 +6,8 @@
  *   BLK-SECTOR0 <first 16 bytes of sector 0, hex>
  *   BLK-ID <GET_ID string>
  *   BLK-WRITE-OK sector=<S> count=<N>  (write, flush, read back, compare)
- *   BLK-HOLD, BLK-READBACK-OK          (tg.blk.hold=1: wait for a COM1
- *                                       byte, then read back again)
+ *   BLK-HOLD, BLK-READBACK-OK          (tg.blk.hold=N: N times, wait for
+ *                                       a COM1 byte, then read back again)
  *   BLK-OOR-IOERR                      (read at sector = capacity)
  *   BLK-RO-REFUSED                     (second disk: RO offered, write fails)
  *   BLK-BENCH-START / BLK-BENCH-END <K> (tg.blk.bench=K 4 KiB reads)
@@ -191,7 +191,7 @@ static int readback(struct blk *b, uint64_t sector, const uint8_t *wbuf,
 	return 0;
 }
 
-/* tg.blk.hold=1: "BLK-HOLD", then wait for a byte on COM1 (the host may
+/* tg.blk.hold=N (each of N times): "BLK-HOLD", then wait for a byte on COM1 (the host may
  * snapshot and restore the VM meanwhile), sleeping in `sti; hlt` on a 1 ms
  * LAPIC timer between polls of the UART's data-ready bit. Afterwards the
  * LAPIC timer is virtq_wait's free-running clock again. */
@@ -241,7 +241,7 @@ static int step_write_readback(struct blk *b, uint64_t cap)
 	line_str(&l, " count=");
 	line_dec(&l, count);
 	line_send(&l);
-	if (cmdline_get_u64("tg.blk.hold", 0)) {
+	for (uint64_t n = cmdline_get_u64("tg.blk.hold", 0); n > 0; n--) {
 		hold();
 		if (readback(b, sector, wbuf, rbuf, len, "readback",
 			     "readback read"))

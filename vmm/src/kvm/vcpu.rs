@@ -6,7 +6,7 @@ use std::os::unix::thread::JoinHandleExt;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::Instant;
 
 use hearth_devices::bus::Bus;
 use kvm_bindings::{Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
@@ -32,22 +32,28 @@ pub(crate) struct IoBuses {
 }
 
 /// Asks a vCPU thread to do something. Requests are served when the
-/// thread is out of `KVM_RUN`, which a kick forces.
+/// thread is out of `KVM_RUN`, which a kick forces. Pause and resume carry
+/// a sequence number that the answer repeats, so that the answer to a
+/// request given up on (a rolled-back pause) is never taken for the answer
+/// to a later one.
 pub(crate) enum VcpuRequest {
-    Pause,
-    Resume,
+    Pause(u64),
+    Resume(u64),
     Finish,
     /// Run a closure on the vCPU thread with its fd (used to save state).
     With(Box<dyn FnOnce(&mut VcpuFd) + Send>),
 }
 
 /// What a vCPU thread reports back.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum VcpuResponse {
-    Paused,
-    Resumed,
+    Paused(u64),
+    Resumed(u64),
     Exited,
 }
+
+/// The sequence number of the pause a vCPU spawned paused answers.
+pub(crate) const SPAWN_PAUSE_SEQ: u64 = 0;
 
 /// A vCPU before its thread starts.
 pub(crate) struct Vcpu {
@@ -197,7 +203,7 @@ impl Vcpu {
         #[cfg(feature = "test-hooks")]
         crate::test_hooks::on_vcpu_start();
         if paused {
-            let _ = responses.send(VcpuResponse::Paused);
+            let _ = responses.send(VcpuResponse::Paused(SPAWN_PAUSE_SEQ));
             if !self.stay_paused(&requests, &responses) {
                 kick::unbind();
                 let _ = responses.send(VcpuResponse::Exited);
@@ -245,13 +251,18 @@ impl Vcpu {
     fn serve_requests(&mut self, rx: &Receiver<VcpuRequest>, tx: &Sender<VcpuResponse>) -> bool {
         while let Ok(request) = rx.try_recv() {
             match request {
-                VcpuRequest::Pause => {
-                    let _ = tx.send(VcpuResponse::Paused);
+                VcpuRequest::Pause(seq) => {
+                    #[cfg(feature = "test-hooks")]
+                    crate::test_hooks::before_vcpu_pause(self.index);
+                    let _ = tx.send(VcpuResponse::Paused(seq));
                     if !self.stay_paused(rx, tx) {
                         return false;
                     }
                 }
-                VcpuRequest::Resume => {}
+                // Running already (a rolled-back pause that never parked).
+                VcpuRequest::Resume(seq) => {
+                    let _ = tx.send(VcpuResponse::Resumed(seq));
+                }
                 VcpuRequest::Finish => return false,
                 VcpuRequest::With(f) => f(&mut self.fd),
             }
@@ -262,12 +273,12 @@ impl Vcpu {
     fn stay_paused(&mut self, rx: &Receiver<VcpuRequest>, tx: &Sender<VcpuResponse>) -> bool {
         loop {
             match rx.recv() {
-                Ok(VcpuRequest::Resume) => {
-                    let _ = tx.send(VcpuResponse::Resumed);
+                Ok(VcpuRequest::Resume(seq)) => {
+                    let _ = tx.send(VcpuResponse::Resumed(seq));
                     return true;
                 }
-                Ok(VcpuRequest::Pause) => {
-                    let _ = tx.send(VcpuResponse::Paused);
+                Ok(VcpuRequest::Pause(seq)) => {
+                    let _ = tx.send(VcpuResponse::Paused(seq));
                 }
                 Ok(VcpuRequest::With(f)) => f(&mut self.fd),
                 Ok(VcpuRequest::Finish) | Err(_) => return false,
@@ -329,12 +340,12 @@ pub(crate) struct VcpuHandle {
 
 impl std::fmt::Debug for VcpuRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Pause => "Pause",
-            Self::Resume => "Resume",
-            Self::Finish => "Finish",
-            Self::With(_) => "With",
-        })
+        match self {
+            Self::Pause(seq) => write!(f, "Pause({seq})"),
+            Self::Resume(seq) => write!(f, "Resume({seq})"),
+            Self::Finish => f.write_str("Finish"),
+            Self::With(_) => f.write_str("With"),
+        }
     }
 }
 
@@ -344,11 +355,19 @@ impl VcpuHandle {
         self.requests.send(request).is_ok()
     }
 
-    /// Waits up to `timeout` for the next response; `None` if the thread
-    /// is gone or did not answer in time.
-    pub fn recv(&self, timeout: Duration) -> Option<VcpuResponse> {
+    /// Waits until `deadline` for `want` (or `Exited`), dropping the
+    /// answers to earlier requests; `None` if the thread is gone or did not
+    /// answer in time.
+    pub fn recv_answer(&self, want: VcpuResponse, deadline: Instant) -> Option<VcpuResponse> {
         let rx = self.responses.lock().unwrap_or_else(|p| p.into_inner());
-        rx.recv_timeout(timeout).ok()
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(r) if r == want || r == VcpuResponse::Exited => return Some(r),
+                Ok(stale) => log::trace!("vCPU answer {stale:?} dropped (waiting for {want:?})"),
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Waits for the thread to end and releases the vCPU.

@@ -1,7 +1,6 @@
 //! Taking a snapshot of a paused VM.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,9 +10,8 @@ use super::state::{DevicesState, SnapshotState};
 use super::{format, memory, SnapshotError, SnapshotInfo, MEMORY_FILE, STATE_FILE};
 use crate::config::SerialOutput;
 use crate::error::Error;
-use crate::kvm::vcpu::VcpuRequest;
 use crate::kvm::{vcpu_state, vm_state};
-use crate::vm::{Vm, ANSWER_TIMEOUT};
+use crate::vm::Vm;
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Write {
@@ -37,34 +35,23 @@ impl Vm {
         let t = Instant::now();
         let dir = dir.as_ref();
         // Holding the pause lock keeps a concurrent resume out.
-        let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(reason) = self.run_state.exit_reason() {
-            return Err(Error::NotRunning(reason));
-        }
-        if !*paused {
+        let Some(paused) = self.runner.paused_guard()? else {
             return Err(SnapshotError::NotPaused.into());
-        }
+        };
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
 
         let xsave_size = self.kvm_vm.fd().check_extension_int(Cap::Xsave2).max(0) as usize;
         let msr_indices = Arc::new(self.host.msr_indices.clone());
-        let mut vcpus = Vec::with_capacity(self.vcpus.len());
-        for (index, vcpu) in self.vcpus.iter().enumerate() {
-            let (tx, rx) = channel();
-            let indices = msr_indices.clone();
-            let cpuid = self.cpuids.get(index).cloned().unwrap_or_default();
-            vcpu.send(VcpuRequest::With(Box::new(move |fd| {
-                let _ = tx.send(vcpu_state::save(fd, cpuid, &indices, xsave_size));
-            })));
-            let state = rx
-                .recv_timeout(ANSWER_TIMEOUT)
-                .map_err(|_| Error::VcpuUnresponsive {
-                    index,
-                    request: "save state",
-                })?
-                .map_err(|source| SnapshotError::Vcpu { index, source })?;
-            vcpus.push(state);
-        }
+        let vcpus = paused
+            .on_each_vcpu("save state", |index| {
+                let indices = msr_indices.clone();
+                let cpuid = self.cpuids.get(index).cloned().unwrap_or_default();
+                Box::new(move |fd| vcpu_state::save(fd, cpuid, &indices, xsave_size))
+            })?
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| r.map_err(|source| SnapshotError::Vcpu { index, source }))
+            .collect::<Result<Vec<_>, _>>()?;
         let vm = vm_state::save(self.kvm_vm.fd(), self.config.pit).map_err(SnapshotError::VmState)?;
         let devices = DevicesState {
             serial: self.devices.serial.save(),

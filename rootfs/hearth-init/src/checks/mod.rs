@@ -103,7 +103,7 @@ mod tests {
 
     fn system() -> SystemInfo {
         SystemInfo {
-            release: "6.1.172-hearth".to_owned(),
+            release: "0.0.0-fixture".to_owned(),
             machine: "x86_64".to_owned(),
             online_cpus: Ok(1),
         }
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "CHECK uname PASS release=6.1.172-hearth machine=x86_64",
+                "CHECK uname PASS release=0.0.0-fixture machine=x86_64",
                 "CHECK cpus PASS online=1 expected=1",
                 "CHECK nope FAIL unknown check",
             ]

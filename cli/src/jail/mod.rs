@@ -33,8 +33,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context};
-use hearth::{NetBackend, NetFactory, VmConfig};
-use hearth_devices::virtio::net::Tap;
+use hearth::{NetBackend, NetFactory, Tap, VmConfig};
 
 use process::Fork;
 

@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hearth::seccomp::{Filter, ThreadKind};
-use hearth::{RateLimit, Vm};
-use hearth_devices::unix_socket::clear_stale_socket;
+use hearth::{clear_stale_socket, RateLimit, Vm};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
