@@ -96,7 +96,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench(name: &str, backend: Box<dyn DiskBackend>) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x400_0000)]).unwrap();
-    let mut handler = RequestHandler::new(backend, limits(), "bench", Arc::new(BlockMetrics::default()));
+    let mut handler = RequestHandler::new(
+        backend,
+        limits(),
+        "bench",
+        Arc::new(BlockMetrics::default()),
+        Arc::new(hearth_devices::guest_log::GuestLog::new("bench")),
+    );
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for write in [false, true] {
         let (mut rate, mut cpu) = (Vec::new(), Vec::new());

@@ -381,7 +381,7 @@ impl Rig {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let path =
             std::env::temp_dir().join(format!("hearth-vsock-bench-{}-{name}.sock", std::process::id()));
-        let mut dev = Vsock::new(CID, &path).unwrap();
+        let mut dev = Vsock::new(CID, &path, Default::default()).unwrap();
         let rx_kick = dev.queue_events()[RXQ].try_clone().unwrap();
         let tx_kick = dev.queue_events()[TXQ].try_clone().unwrap();
         let guest = Guest::new(&mem, rx_buf_len, rx_kick, tx_kick);

@@ -7,6 +7,7 @@
 //! turns [`interrupt::IrqLine`]s into irqfds and registers ioeventfds.
 
 pub mod bus;
+pub mod guest_log;
 pub mod interrupt;
 pub mod legacy;
 pub mod rate_limiter;

@@ -125,6 +125,13 @@ impl QueueDriver {
         let _ = self.mem.write_obj(RawDescriptor::from(d), GuestAddress(at));
     }
 
+    /// Replaces the head of the most recently made available entry (a
+    /// misbehaving driver).
+    pub fn corrupt_last_avail(&mut self, head: u16) {
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx.wrapping_sub(1) % self.size);
+        let _ = self.mem.write_obj(head, GuestAddress(slot));
+    }
+
     /// Publishes an arbitrary avail index (a misbehaving driver).
     pub fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
+pub use crate::limits::ResourceLimits;
 pub use crate::memory::MemoryBacking;
 use crate::seccomp::SeccompMode;
 use crate::serial_output::{SerialBuffer, SerialCallback};
@@ -126,6 +127,9 @@ pub enum ConfigError {
     /// The vsock entry is invalid.
     #[error("vsock: {0}")]
     Vsock(String),
+    /// A resource limit is out of range.
+    #[error("limits: {0}")]
+    Limits(String),
     /// The JSON did not parse; the message starts with the field's path.
     #[error("invalid config: {0}")]
     Json(String),
@@ -192,6 +196,14 @@ pub struct VmConfig {
     /// or `off`.
     #[serde(default)]
     pub seccomp: SeccompMode,
+    /// Bounds on the host resources the guest can make the VMM hold
+    /// (docs/LIMITS.md).
+    #[serde(default, skip_serializing_if = "is_default_limits")]
+    pub limits: ResourceLimits,
+}
+
+fn is_default_limits(l: &ResourceLimits) -> bool {
+    *l == ResourceLimits::default()
 }
 
 /// The vsock device: the guest's CID and the host Unix socket.
@@ -235,6 +247,7 @@ impl VmConfig {
                 nets: Vec::new(),
                 vsock: None,
                 seccomp: SeccompMode::default(),
+                limits: ResourceLimits::default(),
             },
         }
     }
@@ -302,6 +315,7 @@ impl VmConfig {
                 return Err(ConfigError::Vsock("uds_path must be set".into()));
             }
         }
+        self.limits.validate().map_err(ConfigError::Limits)?;
         validate_cmdline(&self.cmdline)
     }
 }
@@ -417,6 +431,11 @@ impl VmConfigBuilder {
     /// Adds a vsock device.
     pub fn vsock(mut self, vsock: VsockConfig) -> Self {
         self.config.vsock = Some(vsock);
+        self
+    }
+    /// Resource bounds.
+    pub fn limits(mut self, limits: ResourceLimits) -> Self {
+        self.config.limits = limits;
         self
     }
     /// What the seccomp filters do (see [`SeccompMode`]).

@@ -192,7 +192,9 @@ impl Builder<'_> {
                     .register_mmio_ioevent(evt, addr + NOTIFY_REG_OFFSET, queue as u32)?;
             }
         }
-        let transport = Arc::new(MmioTransport::new(device.clone(), self.mem.clone(), interrupt));
+        let transport = Arc::new(
+            MmioTransport::new(device.clone(), self.mem.clone(), interrupt).map_err(DeviceError::EventFd)?,
+        );
         self.io.mmio.insert(addr, MMIO_WINDOW_SIZE, transport.clone())?;
         self.transports.push(transport);
         self.cmdline_extra.push(virtio_mmio_cmdline_entry(addr, irq));
@@ -282,9 +284,10 @@ pub(crate) fn setup(
     let mut nets = Vec::with_capacity(config.nets.len());
     let mut net_devices = Vec::with_capacity(config.nets.len());
     for net in &config.nets {
-        let options = net
+        let mut options = net
             .options()
             .map_err(|e| DeviceError::Restore(format!("net {}: {e}", net.tap)))?;
+        options.backlog = (config.limits.net_backlog_frames, config.limits.net_backlog_bytes);
         let dev = Net::new(net.open()?, &options)?;
         nets.push(dev.metrics());
         let dev = Arc::new(Mutex::new(dev));
@@ -293,7 +296,7 @@ pub(crate) fn setup(
     }
 
     if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(v.guest_cid, &v.uds_path)?;
+        let vsock = Vsock::new(v.guest_cid, &v.uds_path, config.limits.vsock())?;
         b.add_virtio(Arc::new(Mutex::new(vsock)))?;
     }
 

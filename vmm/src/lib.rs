@@ -39,6 +39,7 @@ mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
 mod kvm;
+mod limits;
 mod memory;
 mod net;
 mod rate_limits;
@@ -55,8 +56,9 @@ mod vsock;
 pub use agent::{command, AgentClient, AgentError, Exec, ExecOutput, DEFAULT_AGENT_PORT};
 pub use boot::BootError;
 pub use config::{
-    BootProtocol, ConfigError, DiskConfig, DiskFactory, MemoryBacking, NetConfig, NetFactory, SerialInput,
-    SerialOutput, VmConfig, VmConfigBuilder, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    BootProtocol, ConfigError, DiskConfig, DiskFactory, MemoryBacking, NetConfig, NetFactory, ResourceLimits,
+    SerialInput, SerialOutput, VmConfig, VmConfigBuilder, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB,
+    MIN_MEMORY_MIB,
 };
 pub use device_manager::DeviceError;
 pub use error::Error;

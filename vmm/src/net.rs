@@ -127,6 +127,7 @@ impl NetConfig {
             mtu: self.mtu.unwrap_or(1500),
             rx_rate_limit: self.rx_rate_limit,
             tx_rate_limit: self.tx_rate_limit,
+            ..NetOptions::default()
         };
         if options.mac.is_some_and(|m| m.is_multicast()) {
             return Err(format!(

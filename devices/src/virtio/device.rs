@@ -7,6 +7,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VirtioInterrupt;
+use crate::guest_log::GuestLog;
 use crate::GuestMemoryMmap;
 
 /// What a device receives when the driver sets DRIVER_OK.
@@ -50,6 +51,9 @@ pub trait VirtioDevice: Send {
     }
     /// One eventfd per queue, signalled on QueueNotify.
     fn queue_events(&self) -> &[EventFd];
+    /// The device's rate-limited log of guest-triggered problems, shared
+    /// with its transport.
+    fn guest_log(&self) -> &Arc<GuestLog>;
     /// Goes live with the driver's queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops processing and forgets the queues.

@@ -2,8 +2,13 @@
 //!
 //! Control registers (below 0x100) accept only aligned 32-bit accesses,
 //! as the spec requires of drivers; other accesses are ignored (reads
-//! return zero) and logged once per transport. The device config space
-//! (0x100 and up) takes any width.
+//! return zero) and logged through the device's rate-limited
+//! [`GuestLog`]. The device config space (0x100 and up) takes any width.
+//!
+//! A vCPU's register access never waits behind device I/O: the device
+//! type, features and queue eventfds are copied here at creation, so only
+//! config-space accesses and status changes (activation, reset) take the
+//! device's lock, which the event loop holds for one bounded turn at most.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,10 +18,13 @@ use virtio_queue::{Queue, QueueT};
 use super::device::{ActivateContext, VirtioDevice};
 use super::interrupt::VirtioInterrupt;
 use super::persist::{QueueSnapshot, RestoreError, TransportSnapshot};
+use super::placement;
 use super::status::{self, Transition};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::bus::BusDevice;
+use crate::guest_log::GuestLog;
 use crate::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
@@ -53,20 +61,6 @@ mod reg {
     pub const CONFIG: u64 = 0x100;
 }
 
-/// Things a hostile or buggy driver can do, each logged once per device.
-#[derive(Clone, Copy)]
-#[repr(u32)]
-enum Warn {
-    BadWidth = 1,
-    BadStatus = 2,
-    BadFeatures = 4,
-    LateQueueSetup = 8,
-    BadQueueValue = 16,
-    ActivateFailed = 32,
-    LateFeatures = 64,
-    UnknownRegister = 128,
-}
-
 /// The transport's state for one device (also what a snapshot saves).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransportState {
@@ -84,12 +78,17 @@ pub struct TransportState {
 
 struct Inner {
     device: Arc<Mutex<dyn VirtioDevice>>,
+    /// Copies of what never changes, read without the device's lock.
+    device_type: u32,
+    features: u64,
+    max_sizes: Vec<u16>,
+    queue_evts: Vec<EventFd>,
+    log: Arc<GuestLog>,
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
     regs: TransportState,
     /// The driver's queue configuration, up to activation.
     queues: Vec<Queue>,
-    warned: u32,
 }
 
 /// A virtio device on the MMIO bus.
@@ -117,23 +116,36 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MmioTransport {
-    /// Puts `device` behind a transport raising `interrupt`.
+    /// Puts `device` behind a transport raising `interrupt`. Fails only if
+    /// the device's queue eventfds cannot be duplicated.
     pub fn new(
         device: Arc<Mutex<dyn VirtioDevice>>,
         mem: GuestMemoryMmap,
         interrupt: Arc<VirtioInterrupt>,
-    ) -> Self {
-        let queues = fresh_queues(lock(&device).queue_max_sizes());
-        Self {
+    ) -> std::io::Result<Self> {
+        let d = lock(&device);
+        let (device_type, features, log) = (d.device_type(), d.avail_features(), d.guest_log().clone());
+        let max_sizes = d.queue_max_sizes().to_vec();
+        let queue_evts = d
+            .queue_events()
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        drop(d);
+        Ok(Self {
             inner: Mutex::new(Inner {
                 device,
+                device_type,
+                features,
+                queues: fresh_queues(&max_sizes),
+                max_sizes,
+                queue_evts,
+                log,
                 mem,
                 interrupt,
                 regs: TransportState::default(),
-                queues,
-                warned: 0,
             }),
-        }
+        })
     }
 
     /// The register state.
@@ -181,10 +193,7 @@ impl MmioTransport {
     /// driver had.
     pub fn restore(&self, snap: &TransportSnapshot) -> Result<(), RestoreError> {
         let mut inner = lock(&self.inner);
-        let (device_type, max_sizes, offered) = {
-            let d = lock(&inner.device);
-            (d.device_type(), d.queue_max_sizes().to_vec(), d.avail_features())
-        };
+        let (device_type, max_sizes, offered) = (inner.device_type, inner.max_sizes.clone(), inner.features);
         if snap.device_type != device_type {
             return Err(RestoreError::DeviceType {
                 saved: snap.device_type,
@@ -226,11 +235,13 @@ impl MmioTransport {
         for (i, (q, &max)) in snap.queues.iter().zip(&max_sizes).enumerate() {
             let queue =
                 Queue::try_from(virtio_queue::QueueState::from(*q)).map_err(|_| RestoreError::BadQueue(i))?;
-            let in_memory = !queue.ready() || queue.is_valid(&inner.mem);
-            if q.max_size != max || (active && !in_memory) {
+            if q.max_size != max {
                 return Err(RestoreError::BadQueue(i));
             }
             queues.push(queue);
+        }
+        if active {
+            placement::check(&queues, &max_sizes, &inner.mem).map_err(RestoreError::Placement)?;
         }
         inner.regs = TransportState {
             status: snap.status & !status::NEEDS_RESET,
@@ -262,14 +273,8 @@ impl MmioTransport {
 }
 
 impl Inner {
-    fn warn_once(&mut self, what: Warn, msg: std::fmt::Arguments) {
-        if self.warned & what as u32 == 0 {
-            self.warned |= what as u32;
-            log::warn!(
-                "virtio-mmio device type {}: {msg}",
-                lock(&self.device).device_type()
-            );
-        }
+    fn warn(&self, msg: std::fmt::Arguments) {
+        self.log.warn(format_args!("virtio-mmio: {msg}"));
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -281,9 +286,7 @@ impl Inner {
         let s = self.regs.status;
         let ok = s & status::FEATURES_OK != 0 && s & (status::DRIVER_OK | status::FAILED) == 0;
         if !ok {
-            self.warn_once(
-                Warn::LateQueueSetup,
-                format_args!("queue register written in status {s:#x}; ignored"),
+            self.warn(format_args!("queue register written in status {s:#x}; ignored"),
             );
         }
         ok
@@ -293,10 +296,10 @@ impl Inner {
         match offset {
             reg::MAGIC => MAGIC_VALUE,
             reg::VERSION => MMIO_VERSION,
-            reg::DEVICE_ID => lock(&self.device).device_type(),
+            reg::DEVICE_ID => self.device_type,
             reg::VENDOR_ID => VENDOR_ID,
             reg::DEVICE_FEATURES => {
-                let features = lock(&self.device).avail_features();
+                let features = self.features;
                 match self.regs.device_features_sel {
                     0 => features as u32,
                     1 => (features >> 32) as u32,
@@ -340,9 +343,7 @@ impl Inner {
             reg::INTERRUPT_ACK => self.interrupt.ack(value),
             reg::STATUS => self.write_status(value),
             reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {}
-            _ => self.warn_once(
-                Warn::UnknownRegister,
-                format_args!("write to unknown register {offset:#x}; ignored"),
+            _ => self.warn(format_args!("write to unknown register {offset:#x}; ignored"),
             ),
         }
     }
@@ -350,9 +351,7 @@ impl Inner {
     fn write_driver_features(&mut self, value: u32) {
         let current = self.regs.status;
         if current != status::ACKNOWLEDGE | status::DRIVER {
-            self.warn_once(
-                Warn::LateFeatures,
-                format_args!("driver features written in status {current:#x}; ignored"),
+            self.warn(format_args!("driver features written in status {current:#x}; ignored"),
             );
             return;
         }
@@ -378,9 +377,7 @@ impl Inner {
                     q.set_size(size);
                 }
             }
-            _ => self.warn_once(
-                Warn::BadQueueValue,
-                format_args!("queue size {value} is not a power of two up to {max}; ignored"),
+            _ => self.warn(format_args!("queue size {value} is not a power of two up to {max}; ignored"),
             ),
         }
     }
@@ -398,9 +395,7 @@ impl Inner {
             _ => 1,
         };
         if !value.is_multiple_of(align) {
-            self.warn_once(
-                Warn::BadQueueValue,
-                format_args!("queue address {value:#x} is misaligned; ignored"),
+            self.warn(format_args!("queue address {value:#x} is misaligned; ignored"),
             );
             return;
         }
@@ -420,8 +415,7 @@ impl Inner {
         if self.regs.status & status::DRIVER_OK == 0 {
             return;
         }
-        let device = lock(&self.device);
-        if let Some(evt) = device.queue_events().get(value as usize) {
+        if let Some(evt) = self.queue_evts.get(value as usize) {
             let _ = evt.write(1);
         }
     }
@@ -438,44 +432,39 @@ impl Inner {
             Transition::Reset => self.reset(),
             Transition::Set(s) => self.regs.status = s & !status::NEEDS_RESET,
             Transition::CheckFeatures(s) => {
-                let offered = lock(&self.device).avail_features();
+                let offered = self.features;
                 let acked = self.regs.acked_features;
                 if acked & !offered == 0 && acked & (1 << VIRTIO_F_VERSION_1) != 0 {
                     self.regs.status = s & !status::NEEDS_RESET;
                 } else {
-                    self.warn_once(
-                        Warn::BadFeatures,
-                        format_args!("driver acked features {acked:#x} of {offered:#x}; FEATURES_OK refused"),
+                    self.warn(format_args!("driver acked features {acked:#x} of {offered:#x}; FEATURES_OK refused"),
                     );
                 }
             }
             Transition::Activate(s) => self.activate(s),
-            Transition::Refused => self.warn_once(
-                Warn::BadStatus,
-                format_args!("status {current:#x} -> {value:#x} is not allowed; ignored"),
+            Transition::Refused => self.warn(format_args!("status {current:#x} -> {value:#x} is not allowed; ignored"),
             ),
         }
     }
 
     fn activate(&mut self, new_status: u32) {
         if self.interrupt.needs_reset() {
-            self.warn_once(
-                Warn::BadStatus,
-                format_args!("DRIVER_OK while NEEDS_RESET is set; ignored"),
+            self.warn(format_args!("DRIVER_OK while NEEDS_RESET is set; ignored"),
             );
             return;
         }
         let event_idx = self.regs.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        if let Err(e) = placement::check(&self.queues, &self.max_sizes, &self.mem) {
+            self.fail(format_args!("DRIVER_OK refused: {e}"));
+            return;
+        }
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter_mut().enumerate() {
             q.set_event_idx(event_idx);
-            let valid = !q.ready() || q.is_valid(&self.mem);
             match Queue::try_from(q.state()) {
-                Ok(copy) if valid => queues.push(copy),
-                _ => {
-                    self.fail(format_args!(
-                        "queue {i} lies outside guest memory or is misconfigured"
-                    ));
+                Ok(copy) => queues.push(copy),
+                Err(e) => {
+                    self.fail(format_args!("queue {i} is misconfigured: {e}"));
                     return;
                 }
             }
@@ -495,7 +484,7 @@ impl Inner {
 
     /// Sets NEEDS_RESET and tells the driver, as virtio 1.2 2.1.2 says.
     fn fail(&mut self, why: std::fmt::Arguments) {
-        self.warn_once(Warn::ActivateFailed, why);
+        self.warn(why);
         self.interrupt.set_needs_reset();
     }
 
@@ -518,9 +507,7 @@ impl BusDevice for MmioTransport {
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
-            inner.warn_once(
-                Warn::BadWidth,
-                format_args!(
+            inner.warn(format_args!(
                     "{}-byte read at {offset:#x}; control registers are 32-bit",
                     data.len()
                 ),
@@ -541,9 +528,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            inner.warn_once(
-                Warn::BadWidth,
-                format_args!(
+            inner.warn(format_args!(
                     "{}-byte write at {offset:#x}; control registers are 32-bit",
                     data.len()
                 ),
@@ -551,7 +536,7 @@ impl BusDevice for MmioTransport {
             return;
         };
         if !offset.is_multiple_of(4) {
-            inner.warn_once(Warn::BadWidth, format_args!("misaligned write at {offset:#x}"));
+            inner.warn(format_args!("misaligned write at {offset:#x}"));
             return;
         }
         inner.write(offset, u32::from_le_bytes(bytes));
@@ -575,6 +560,7 @@ pub(crate) mod tests {
         pub activated: Option<ActivateContext>,
         pub resets: usize,
         pub fail_activation: bool,
+        pub log: Arc<GuestLog>,
     }
 
     impl DummyDevice {
@@ -589,6 +575,7 @@ pub(crate) mod tests {
                 activated: None,
                 resets: 0,
                 fail_activation: false,
+                log: Arc::new(GuestLog::new("dummy")),
             }
         }
     }
@@ -613,6 +600,9 @@ pub(crate) mod tests {
         }
         fn queue_events(&self) -> &[EventFd] {
             &self.evts
+        }
+        fn guest_log(&self) -> &Arc<GuestLog> {
+            &self.log
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             if self.fail_activation {
@@ -643,7 +633,7 @@ pub(crate) mod tests {
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
             let dev = Arc::new(Mutex::new(DummyDevice::new()));
             let irq = Arc::new(CountingIrq::default());
-            let t = MmioTransport::new(dev.clone(), mem, Arc::new(VirtioInterrupt::new(irq.clone())));
+            let t = MmioTransport::new(dev.clone(), mem, Arc::new(VirtioInterrupt::new(irq.clone()))).unwrap();
             Self { t, dev, irq }
         }
         pub fn r(&self, off: u64) -> u32 {
@@ -849,6 +839,7 @@ mod persist_tests {
     use super::tests::Harness;
     use super::*;
     use crate::virtio::persist::RestoreError;
+    use crate::virtio::placement::{PlacementError, Ring};
 
     const V1: u64 = 1 << VIRTIO_F_VERSION_1;
     const ALL_OK: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
@@ -908,7 +899,18 @@ mod persist_tests {
                 RestoreError::QueueCount { saved: 1, actual: 2 },
             ),
             (|s| s.status = 0x5, RestoreError::BadStatus(0x5)),
-            (|s| s.queues[0].used_ring = 0xff_fff0, RestoreError::BadQueue(0)),
+            (
+                |s| s.queues[0].used_ring = 0xff_fff0,
+                RestoreError::Placement(PlacementError::OutsideMemory {
+                    queue: 0,
+                    ring: Ring::Used,
+                    addr: 0xff_fff0,
+                }),
+            ),
+            (
+                |s| s.queues[0].used_ring = s.queues[0].avail_ring + 4,
+                RestoreError::Placement(PlacementError::Overlap(0, Ring::Avail, 0, Ring::Used)),
+            ),
             (|s| s.queues[0].size = 3, RestoreError::BadQueue(0)),
             (|s| s.queues[0].max_size = 1024, RestoreError::BadQueue(0)),
             (|s| s.queues[0].desc_table = 0x1001, RestoreError::BadQueue(0)),

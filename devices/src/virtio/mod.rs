@@ -12,12 +12,13 @@ pub mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod persist;
+pub mod placement;
 pub mod status;
 pub mod vsock;
 
 pub use device::{ActivateContext, ActivateError, VirtioDevice};
-pub(crate) use drain::drain;
-pub use drain::QueueError;
+pub(crate) use drain::{drain, Handled};
+pub use drain::{QueueError, TURN_CHAINS};
 pub use interrupt::VirtioInterrupt;
 pub use mmio::MmioTransport;
 
@@ -38,4 +39,7 @@ pub struct QueueOutcome {
     pub notify: bool,
     /// The rate limiter stopped the pass; retry after this long.
     pub throttled: Option<std::time::Duration>,
+    /// The turn's budget ran out with work left: the device's event
+    /// handler comes back once the event loop has served other events.
+    pub more: bool,
 }

@@ -114,8 +114,11 @@ pub enum RestoreError {
         actual: usize,
     },
     /// A queue's sizes or addresses are invalid.
-    #[error("queue {0} is invalid or lies outside guest memory")]
+    #[error("queue {0} is invalid")]
     BadQueue(usize),
+    /// The rings of an active device are misplaced.
+    #[error(transparent)]
+    Placement(#[from] super::placement::PlacementError),
     /// The status is not one a driver can reach.
     #[error("invalid device status {0:#x}")]
     BadStatus(u32),

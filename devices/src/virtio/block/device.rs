@@ -16,6 +16,7 @@ use super::metrics::BlockMetrics;
 use super::request::{Limits, SECTOR_SIZE};
 use crate::rate_limiter::RateLimit;
 use crate::throttle::Throttle;
+use crate::guest_log::GuestLog;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 use crate::virtio::persist::DeviceSnapshot;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -61,6 +62,7 @@ pub struct Block {
     pub(super) throttle: Throttle,
     active: Option<Active>,
     metrics: Arc<BlockMetrics>,
+    log: Arc<GuestLog>,
 }
 
 impl std::fmt::Debug for Block {
@@ -112,15 +114,17 @@ impl Block {
             max_discard_sectors: MAX_DISCARD_SECTORS,
         };
         let metrics = Arc::new(BlockMetrics::default());
+        let log = Arc::new(GuestLog::new("virtio-blk"));
         Ok(Self {
             features,
             config: config_space(capacity_sectors),
             queue_evts: [EventFd::new(EFD_NONBLOCK)?],
             activate_evt: EventFd::new(EFD_NONBLOCK)?,
-            handler: RequestHandler::new(backend, limits, &options.id, metrics.clone()),
+            handler: RequestHandler::new(backend, limits, &options.id, metrics.clone(), log.clone()),
             throttle: Throttle::new(options.rate_limit)?,
             active: None,
             metrics,
+            log,
         })
     }
 
@@ -144,8 +148,10 @@ impl Block {
         self.throttle.update(limit);
     }
 
-    /// Processes the request queue (the event loop calls this on a notify
-    /// and when the rate limiter's timer fires).
+    /// Processes the request queue for one bounded turn (the event loop
+    /// calls this on a notify and when the rate limiter's timer fires). A
+    /// turn that ends with work left signals the queue's eventfd, so the
+    /// event loop comes back after serving everything else.
     pub fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -167,10 +173,14 @@ impl Block {
                     BlockMetrics::add(&self.metrics.throttled, 1);
                     self.throttle.block_for(wait);
                 }
+                if outcome.more {
+                    let _ = self.queue_evts[0].write(1);
+                }
             }
             Err(e) => {
-                log::warn!("virtio-blk: {e}; the device needs a reset");
+                self.log.warn(format_args!("{e}; the device needs a reset"));
                 active.interrupt.set_needs_reset();
+                self.handler.abandon();
                 self.active = None;
             }
         }
@@ -198,6 +208,10 @@ impl VirtioDevice for Block {
         &self.queue_evts
     }
 
+    fn guest_log(&self) -> &Arc<GuestLog> {
+        &self.log
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let queue = ctx
             .queues
@@ -207,6 +221,7 @@ impl VirtioDevice for Block {
         if !queue.ready() {
             return Err(ActivateError::QueueNotReady(0));
         }
+        self.handler.abandon();
         self.active = Some(Active {
             mem: ctx.mem,
             queue,
@@ -217,8 +232,16 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    /// A request still in flight is saved as not yet taken: the restored
+    /// device runs it again from the start.
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
-        self.active.as_ref().map(|a| vec![a.queue.state()])
+        self.active.as_ref().map(|a| {
+            let mut state = a.queue.state();
+            if self.handler.has_in_flight() {
+                state.next_avail = state.next_avail.wrapping_sub(1);
+            }
+            vec![state]
+        })
     }
 
     fn save_device(&self) -> Option<DeviceSnapshot> {
@@ -260,6 +283,7 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+        self.handler.abandon();
         let _ = self.activate_evt.write(1);
     }
 }

@@ -1,22 +1,39 @@
 //! Executing requests against the backend, and the queue loop.
+//!
+//! A request runs in steps of at most [`MAX_CHUNK`] bytes moved (or
+//! [`ZERO_STEP`] bytes zeroed or discarded), and a turn of the queue loop
+//! stops after [`TURN_BYTES`] worth of steps. A request larger than that
+//! (up to 128 MiB of data, or 16 ranges of 2 GiB to zero) is finished in
+//! later turns, so no guest request holds the event loop, the device's
+//! lock or a pause for longer than one turn. A snapshot taken meanwhile
+//! saves the queue as if the request had not been taken yet: the restored
+//! device runs it again from the start (every request type is idempotent).
 
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::backend::DiskBackend;
 use super::metrics::BlockMetrics;
 use super::request::{self, Limits, Request, RequestType, Segment, ID_BYTES};
+use crate::guest_log::GuestLog;
 use crate::rate_limiter::RateLimiter;
-use crate::virtio::{drain, QueueError, QueueOutcome};
+use crate::virtio::{drain, Handled, QueueError, QueueOutcome};
 use crate::GuestMemoryMmap;
 
 /// Largest piece moved between the disk and guest memory at once; this
 /// bounds the device's buffer whatever the guest asks for.
 pub const MAX_CHUNK: usize = 1 << 20;
+/// Largest piece of a discard or write-zeroes range handed to the backend
+/// at once.
+pub const ZERO_STEP: u64 = 8 << 20;
+/// What one turn of the queue loop may do, in bytes moved or zeroed.
+pub const TURN_BYTES: u64 = 8 << 20;
+/// What a flush counts for in a turn's budget (it may wait for the disk).
+pub const FLUSH_COST: u64 = 1 << 20;
 
 /// Walks guest segments while copying a byte stream in or out of them.
 struct SegmentCursor<'a> {
@@ -26,11 +43,20 @@ struct SegmentCursor<'a> {
 }
 
 impl<'a> SegmentCursor<'a> {
-    fn new(segs: &'a [Segment]) -> Self {
+    /// A cursor `skip` bytes into `segs`.
+    fn at(segs: &'a [Segment], mut skip: u64) -> Self {
+        let mut index = 0;
+        while let Some(seg) = segs.get(index) {
+            if skip < u64::from(seg.len) {
+                break;
+            }
+            skip -= u64::from(seg.len);
+            index += 1;
+        }
         Self {
             segs,
-            index: 0,
-            offset: 0,
+            index,
+            offset: skip as u32,
         }
     }
 
@@ -59,6 +85,25 @@ impl<'a> SegmentCursor<'a> {
     }
 }
 
+/// A request taken from the ring and not finished yet.
+#[derive(Debug)]
+struct InFlight {
+    head: u16,
+    req: Request,
+    /// Data requests: bytes done. Range requests: bytes done of
+    /// `ranges[range]`.
+    done: u64,
+    range: usize,
+}
+
+/// How far a request got in this turn.
+enum Step {
+    /// Finished; the used length.
+    Done(u32),
+    /// The turn's budget ran out.
+    Pending,
+}
+
 /// Executes requests for one device.
 pub struct RequestHandler {
     backend: Box<dyn DiskBackend>,
@@ -66,20 +111,29 @@ pub struct RequestHandler {
     id: [u8; ID_BYTES as usize],
     buf: Vec<u8>,
     metrics: Arc<BlockMetrics>,
-    warned: bool,
+    log: Arc<GuestLog>,
+    in_flight: Option<InFlight>,
+    budget: u64,
 }
 
 impl std::fmt::Debug for RequestHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestHandler")
             .field("limits", &self.limits)
+            .field("in_flight", &self.in_flight.as_ref().map(|r| r.head))
             .finish()
     }
 }
 
 impl RequestHandler {
     /// A handler over `backend`; `id` is the GET_ID string (truncated to 20 bytes).
-    pub fn new(backend: Box<dyn DiskBackend>, limits: Limits, id: &str, metrics: Arc<BlockMetrics>) -> Self {
+    pub fn new(
+        backend: Box<dyn DiskBackend>,
+        limits: Limits,
+        id: &str,
+        metrics: Arc<BlockMetrics>,
+        log: Arc<GuestLog>,
+    ) -> Self {
         let mut id_bytes = [0u8; ID_BYTES as usize];
         let n = id.len().min(id_bytes.len());
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
@@ -89,7 +143,9 @@ impl RequestHandler {
             id: id_bytes,
             buf: Vec::new(),
             metrics,
-            warned: false,
+            log,
+            in_flight: None,
+            budget: TURN_BYTES,
         }
     }
 
@@ -98,28 +154,35 @@ impl RequestHandler {
         &self.limits
     }
 
-    fn warn_once(&mut self, msg: std::fmt::Arguments) {
-        if !self.warned {
-            self.warned = true;
-            log::warn!("virtio-blk: {msg} (further problems are only counted)");
-        }
+    /// Whether a request was taken from the ring and is not finished.
+    pub fn has_in_flight(&self) -> bool {
+        self.in_flight.is_some()
     }
 
-    /// Parses, executes and answers one chain. Returns the used length,
-    /// or `Err(bytes)` when the rate limiter holds the request back
-    /// (nothing was done; the chain must be handed back to the ring).
-    pub fn handle(
+    /// Forgets an unfinished request (device reset: the driver gave up on
+    /// it).
+    pub fn abandon(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// Parses and starts the chain `descs` with head `head`, within this
+    /// turn's budget.
+    fn handle(
         &mut self,
+        head: u16,
         descs: &[Descriptor],
         mem: &GuestMemoryMmap,
         limiter: &mut RateLimiter,
-    ) -> Result<u32, u64> {
+    ) -> Handled {
+        if self.budget == 0 {
+            return Handled::Yield;
+        }
         let req = match request::parse(descs, mem, &self.limits) {
             Ok(r) => r,
             Err(e) => {
                 BlockMetrics::add(&self.metrics.invalid_requests, 1);
-                self.warn_once(format_args!("refused a request: {e}"));
-                return Ok(match (e.status(), request::status_address(descs, mem)) {
+                self.log.warn(format_args!("refused a request: {e}"));
+                return Handled::Done(match (e.status(), request::status_address(descs, mem)) {
                     (Some(status), Some(addr)) if mem.write_obj(status, addr).is_ok() => 1,
                     _ => 0,
                 });
@@ -130,105 +193,186 @@ impl RequestHandler {
             _ => 0,
         };
         if !limiter.consume(bytes) {
-            return Err(bytes);
+            return Handled::Throttled(bytes);
         }
-        let (status, data_written) = match self.execute(&req, mem) {
-            Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
-            Err(e) => {
-                BlockMetrics::add(&self.metrics.io_errors, 1);
-                self.warn_once(format_args!(
-                    "{:?} at offset {} failed: {e}",
-                    req.kind, req.offset
-                ));
-                (VIRTIO_BLK_S_IOERR as u8, 0)
-            }
-        };
-        Ok(match mem.write_obj(status, req.status) {
-            Ok(()) => data_written + 1,
-            Err(_) => 0,
-        })
+        self.in_flight = Some(InFlight {
+            head,
+            req,
+            done: 0,
+            range: 0,
+        });
+        match self.run(mem) {
+            Step::Done(len) => Handled::Done(len),
+            Step::Pending => Handled::Started,
+        }
     }
 
-    /// Runs a valid request; returns the bytes written to guest memory.
-    fn execute(&mut self, req: &Request, mem: &GuestMemoryMmap) -> std::io::Result<u32> {
+    /// Runs the request in flight until it finishes or the budget runs out.
+    fn run(&mut self, mem: &GuestMemoryMmap) -> Step {
+        loop {
+            let Some(f) = self.in_flight.as_ref() else {
+                return Step::Done(0);
+            };
+            if self.budget == 0 {
+                return Step::Pending;
+            }
+            let kind = f.req.kind;
+            match self.step(mem) {
+                Ok(false) => continue,
+                Ok(true) => return Step::Done(self.complete(mem, VIRTIO_BLK_S_OK as u8)),
+                Err(e) => {
+                    BlockMetrics::add(&self.metrics.io_errors, 1);
+                    if let Some(f) = &self.in_flight {
+                        self.log.warn(format_args!(
+                            "{kind:?} at offset {} failed: {e}",
+                            f.req.offset
+                        ));
+                    }
+                    return Step::Done(self.complete(mem, VIRTIO_BLK_S_IOERR as u8));
+                }
+            }
+        }
+    }
+
+    /// Writes the status byte, counts the request, and returns its used
+    /// length.
+    fn complete(&mut self, mem: &GuestMemoryMmap, status: u8) -> u32 {
+        let Some(f) = self.in_flight.take() else { return 0 };
+        let req = &f.req;
+        let ok = status == VIRTIO_BLK_S_OK as u8;
+        let data_written = match req.kind {
+            RequestType::In if ok => {
+                BlockMetrics::add(&self.metrics.reads, 1);
+                BlockMetrics::add(&self.metrics.read_bytes, req.data_len);
+                req.data_len as u32
+            }
+            RequestType::Out if ok => {
+                BlockMetrics::add(&self.metrics.writes, 1);
+                BlockMetrics::add(&self.metrics.write_bytes, req.data_len);
+                0
+            }
+            RequestType::Flush if ok => {
+                BlockMetrics::add(&self.metrics.flushes, 1);
+                0
+            }
+            RequestType::GetId if ok => req.data_len.min(u64::from(ID_BYTES)) as u32,
+            RequestType::Discard | RequestType::WriteZeroes if ok => {
+                BlockMetrics::add(&self.metrics.discards, 1);
+                0
+            }
+            _ => 0,
+        };
+        match mem.write_obj(status, req.status) {
+            Ok(()) => data_written + 1,
+            Err(_) => 0,
+        }
+    }
+
+    /// Does one step of the request in flight; true when it is complete.
+    fn step(&mut self, mem: &GuestMemoryMmap) -> std::io::Result<bool> {
         let guest_err = || std::io::Error::other("guest memory access failed");
+        let Some(f) = self.in_flight.as_mut() else {
+            return Ok(true);
+        };
+        let req = &f.req;
         match req.kind {
-            RequestType::In => {
-                let mut cursor = SegmentCursor::new(&req.data);
-                let mut done = 0u64;
-                while done < req.data_len {
-                    let n = (req.data_len - done).min(MAX_CHUNK as u64) as usize;
-                    self.buf.resize(n, 0);
-                    self.backend.read_at(&mut self.buf[..n], req.offset + done)?;
+            RequestType::In | RequestType::Out => {
+                if f.done >= req.data_len {
+                    return Ok(true);
+                }
+                let n = (req.data_len - f.done).min(MAX_CHUNK as u64) as usize;
+                let mut cursor = SegmentCursor::at(&req.data, f.done);
+                self.buf.resize(n, 0);
+                let at = req.offset + f.done;
+                if req.kind == RequestType::In {
+                    self.backend.read_at(&mut self.buf[..n], at)?;
                     let buf = &self.buf;
                     if !cursor.walk(n, |addr, r| mem.write_slice(&buf[r], addr).is_ok()) {
                         return Err(guest_err());
                     }
-                    done += n as u64;
-                }
-                BlockMetrics::add(&self.metrics.reads, 1);
-                BlockMetrics::add(&self.metrics.read_bytes, req.data_len);
-                Ok(req.data_len as u32)
-            }
-            RequestType::Out => {
-                let mut cursor = SegmentCursor::new(&req.data);
-                let mut done = 0u64;
-                while done < req.data_len {
-                    let n = (req.data_len - done).min(MAX_CHUNK as u64) as usize;
-                    self.buf.resize(n, 0);
+                } else {
                     let buf = &mut self.buf;
                     if !cursor.walk(n, |addr, r| mem.read_slice(&mut buf[r], addr).is_ok()) {
                         return Err(guest_err());
                     }
-                    self.backend.write_at(&self.buf[..n], req.offset + done)?;
-                    done += n as u64;
+                    self.backend.write_at(&self.buf[..n], at)?;
                 }
-                BlockMetrics::add(&self.metrics.writes, 1);
-                BlockMetrics::add(&self.metrics.write_bytes, req.data_len);
-                Ok(0)
+                f.done += n as u64;
+                self.budget = self.budget.saturating_sub(n as u64);
+                Ok(f.done >= req.data_len)
             }
             RequestType::Flush => {
+                self.budget = self.budget.saturating_sub(FLUSH_COST);
                 self.backend.flush()?;
-                BlockMetrics::add(&self.metrics.flushes, 1);
-                Ok(0)
+                Ok(true)
             }
             RequestType::GetId => {
                 let n = req.data_len.min(u64::from(ID_BYTES)) as usize;
                 let id = self.id;
-                let mut cursor = SegmentCursor::new(&req.data);
+                let mut cursor = SegmentCursor::at(&req.data, 0);
                 if !cursor.walk(n, |addr, r| mem.write_slice(&id[r], addr).is_ok()) {
                     return Err(guest_err());
                 }
-                Ok(n as u32)
+                Ok(true)
             }
             RequestType::Discard | RequestType::WriteZeroes => {
-                for r in &req.ranges {
+                let Some(r) = req.ranges.get(f.range).copied() else {
+                    return Ok(true);
+                };
+                let n = (r.len - f.done.min(r.len)).min(ZERO_STEP);
+                if n > 0 {
                     if req.kind == RequestType::Discard {
-                        self.backend.discard(r.offset, r.len)?;
+                        self.backend.discard(r.offset + f.done, n)?;
                     } else {
-                        self.backend.write_zeroes(r.offset, r.len, r.unmap)?;
+                        self.backend.write_zeroes(r.offset + f.done, n, r.unmap)?;
                     }
                 }
-                BlockMetrics::add(&self.metrics.discards, 1);
-                Ok(0)
+                f.done += n;
+                self.budget = self.budget.saturating_sub(n.max(1));
+                if f.done >= r.len {
+                    f.range += 1;
+                    f.done = 0;
+                }
+                Ok(f.range >= req.ranges.len())
             }
         }
     }
 }
 
-/// Handles every available request the rate limiter allows (see
-/// [`drain`]).
+/// One turn over the request queue: first the request left in flight by
+/// the last turn, then new chains (see [`drain`]), until the queue is
+/// empty, the rate limiter holds, or the turn's budget is spent.
 pub fn process_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     handler: &mut RequestHandler,
     limiter: &mut RateLimiter,
 ) -> Result<QueueOutcome, QueueError> {
+    handler.budget = TURN_BYTES;
+    let mut used_any = false;
+    if let Some(head) = handler.in_flight.as_ref().map(|f| f.head) {
+        match handler.run(mem) {
+            Step::Done(len) => {
+                queue.add_used(mem, head, len)?;
+                used_any = true;
+            }
+            Step::Pending => {
+                return Ok(QueueOutcome {
+                    notify: false,
+                    throttled: None,
+                    more: true,
+                })
+            }
+        }
+    }
     // Bounds the descriptors read per chain, whatever an indirect table says.
     let max_descs = handler.limits().max_segments + 3;
-    drain(queue, mem, limiter, max_descs, |descs, limiter| {
-        handler.handle(descs, mem, limiter)
-    })
+    let log = handler.log.clone();
+    let mut outcome = drain(queue, mem, limiter, max_descs, &log, |head, descs, limiter| {
+        handler.handle(head, descs, mem, limiter)
+    })?;
+    outcome.notify = outcome.notify || (used_any && queue.needs_notification(mem)?);
+    Ok(outcome)
 }
 
 #[cfg(test)]
@@ -296,8 +440,15 @@ mod tests {
             }
             mq.add_desc_chains(&raw, 0).unwrap();
             let mut q: Queue = mq.create_queue().unwrap();
-            let outcome = process_queue(&mut q, &self.mem, handler, &mut RateLimiter::default()).unwrap();
-            assert!(outcome.notify || chains.is_empty());
+            let mut notified = false;
+            loop {
+                let outcome = process_queue(&mut q, &self.mem, handler, &mut RateLimiter::default()).unwrap();
+                notified |= outcome.notify;
+                if !outcome.more {
+                    break;
+                }
+            }
+            assert!(notified || chains.is_empty());
             let n = mq.used().idx().load();
             (0..n)
                 .map(|i| {
@@ -329,7 +480,13 @@ mod tests {
         let m = Arc::new(BlockMetrics::default());
         let sectors = disk.capacity() / SECTOR_SIZE;
         (
-            RequestHandler::new(Box::new(disk), limits(sectors), "disk-one", m.clone()),
+            RequestHandler::new(
+                Box::new(disk),
+                limits(sectors),
+                "disk-one",
+                m.clone(),
+                Arc::new(GuestLog::new("test")),
+            ),
             m,
         )
     }
@@ -541,7 +698,13 @@ mod tests {
         }
         let rig = Rig::new();
         let m = Arc::new(BlockMetrics::default());
-        let mut h = RequestHandler::new(Box::new(Broken), limits(8), "", m.clone());
+        let mut h = RequestHandler::new(
+            Box::new(Broken),
+            limits(8),
+            "",
+            m.clone(),
+            Arc::new(GuestLog::new("test")),
+        );
         rig.hdr(0x10_0000, VIRTIO_BLK_T_OUT, 0);
         let used = rig.run(
             &mut h,

@@ -16,4 +16,5 @@ pub mod request;
 
 pub use backend::{DiskBackend, DiskError, FileDisk, MemoryDisk};
 pub use device::{Block, BlockOptions};
+pub use handler::MAX_CHUNK;
 pub use metrics::{BlockCounters, BlockMetrics};

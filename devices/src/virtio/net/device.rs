@@ -15,10 +15,11 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{GuestOffloads, NetBackend};
-use super::handler::{RxHandler, TxHandler};
+use super::handler::{RxHandler, TxHandler, RX_BACKLOG_BYTES, RX_BACKLOG_FRAMES};
 use super::metrics::NetMetrics;
 use crate::rate_limiter::RateLimit;
 use crate::throttle::Throttle;
+use crate::guest_log::GuestLog;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 use crate::virtio::QueueError;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -99,6 +100,9 @@ pub struct NetOptions {
     pub rx_rate_limit: RateLimit,
     /// Limits on frames the guest sends.
     pub tx_rate_limit: RateLimit,
+    /// Received frames held while the guest has no buffers: (frames,
+    /// bytes).
+    pub backlog: (usize, usize),
 }
 
 impl Default for NetOptions {
@@ -108,6 +112,7 @@ impl Default for NetOptions {
             mtu: DEFAULT_MTU,
             rx_rate_limit: RateLimit::default(),
             tx_rate_limit: RateLimit::default(),
+            backlog: (RX_BACKLOG_FRAMES, RX_BACKLOG_BYTES),
         }
     }
 }
@@ -153,7 +158,7 @@ pub struct Net {
     /// What the event loop currently watches.
     pub(super) watching_queues: bool,
     pub(super) watching_backend: bool,
-    warned_queue: bool,
+    pub(super) log: Arc<GuestLog>,
 }
 
 impl fmt::Debug for Net {
@@ -201,14 +206,17 @@ impl Net {
             features |= 1 << VIRTIO_NET_F_MAC;
         }
         let metrics = Arc::new(NetMetrics::default());
+        let log = Arc::new(GuestLog::new("virtio-net"));
+        let mut rx = RxHandler::new(metrics.clone(), log.clone());
+        rx.set_backlog_limits(options.backlog.0, options.backlog.1);
         Ok(Self {
             features,
             config: config_space(options.mac, options.mtu),
             queue_evts: [EventFd::new(EFD_NONBLOCK)?, EventFd::new(EFD_NONBLOCK)?],
             activate_evt: EventFd::new(EFD_NONBLOCK)?,
             backend,
-            rx: RxHandler::new(metrics.clone()),
-            tx: TxHandler::new(metrics.clone()),
+            rx,
+            tx: TxHandler::new(metrics.clone(), log.clone()),
             rx_throttle: Throttle::new(options.rx_rate_limit)?,
             tx_throttle: Throttle::new(options.tx_rate_limit)?,
             active: None,
@@ -216,7 +224,7 @@ impl Net {
             backend_broken: false,
             watching_queues: false,
             watching_backend: false,
-            warned_queue: false,
+            log,
         })
     }
 
@@ -261,10 +269,7 @@ impl Net {
     }
 
     fn broken_queue(&mut self, which: &str, e: QueueError) {
-        if !self.warned_queue {
-            self.warned_queue = true;
-            log::warn!("virtio-net: {which} {e}; the device needs a reset");
-        }
+        self.log.warn(format_args!("{which} {e}; the device needs a reset"));
         if let Some(a) = self.active.take() {
             a.interrupt.set_needs_reset();
         }
@@ -290,6 +295,10 @@ impl Net {
                     NetMetrics::add(&self.metrics.rx_throttled, 1);
                     self.rx_throttle.block_for(wait);
                 }
+                if outcome.more {
+                    // Come back after the event loop served the rest.
+                    let _ = self.queue_evts[RXQ].write(1);
+                }
             }
             Err(e) => self.broken_queue("rx", e),
         }
@@ -313,6 +322,9 @@ impl Net {
                 if let Some(wait) = outcome.throttled {
                     NetMetrics::add(&self.metrics.tx_throttled, 1);
                     self.tx_throttle.block_for(wait);
+                }
+                if outcome.more {
+                    let _ = self.queue_evts[TXQ].write(1);
                 }
             }
             Err(e) => self.broken_queue("tx", e),
@@ -339,6 +351,10 @@ impl VirtioDevice for Net {
 
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    fn guest_log(&self) -> &Arc<GuestLog> {
+        &self.log
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
@@ -371,8 +387,15 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
+    /// Receive buffers taken from the ring but not filled yet are saved as
+    /// not taken: the restored device takes them again, so a snapshot
+    /// loses no buffer.
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
-        self.active.as_ref().map(|a| vec![a.rx.state(), a.tx.state()])
+        self.active.as_ref().map(|a| {
+            let mut rx = a.rx.state();
+            rx.next_avail = rx.next_avail.wrapping_sub(self.rx.held_chains());
+            vec![rx, a.tx.state()]
+        })
     }
 
     fn reset(&mut self) {

@@ -70,9 +70,9 @@ impl MutEventSubscriber for Net {
         } else if Some(fd) == self.backend_fd() {
             if events.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) {
                 if !self.backend_broken {
-                    log::warn!(
-                        "virtio-net: the backend's fd reports an error; receiving stops until a reset"
-                    );
+                    self.log.warn(format_args!(
+                        "the backend's fd reports an error; receiving stops until a reset"
+                    ));
                 }
                 self.backend_broken = true;
             } else {

@@ -15,54 +15,36 @@ use super::rxtx::{
     self, parse_rx_chain, plan_rx, write_rx_frame, RxChain, RxPlan, MAX_CHAIN_DESCRIPTORS, MAX_PACKET_LEN,
     VNET_HDR_LEN,
 };
+use crate::guest_log::GuestLog;
 use crate::rate_limiter::RateLimiter;
-use crate::virtio::{drain, QueueError, QueueOutcome};
+use crate::virtio::{drain, Handled, QueueError, QueueOutcome};
 
 use crate::GuestMemoryMmap;
 
-/// Frames the receive backlog holds at most.
+/// Frames the receive backlog holds at most, by default.
 pub const RX_BACKLOG_FRAMES: usize = 64;
-/// Bytes the receive backlog holds at most (give or take the last frame).
+/// Bytes the receive backlog holds at most (give or take the last frame),
+/// by default.
 pub const RX_BACKLOG_BYTES: usize = 1 << 20;
 
-/// Kinds of problem, each logged once per device.
-#[derive(Clone, Copy, Debug)]
-enum Warn {
-    TxMalformed = 0,
-    TxBackend,
-    RxBackend,
-    RxBuffer,
-    RxTooBig,
-}
-
-#[derive(Debug, Default)]
-struct Warnings(u8);
-
-impl Warnings {
-    fn warn(&mut self, kind: Warn, msg: std::fmt::Arguments) {
-        let bit = 1u8 << kind as u8;
-        if self.0 & bit == 0 {
-            self.0 |= bit;
-            log::warn!("virtio-net: {msg} (further ones are only counted)");
-        }
-    }
-}
+/// Most frames one turn moves from the backend to the guest.
+pub const RX_TURN_FRAMES: usize = 256;
 
 /// Sends every frame the guest queued on the transmit queue.
 #[derive(Debug)]
 pub struct TxHandler {
     buf: Vec<u8>,
     metrics: Arc<NetMetrics>,
-    warnings: Warnings,
+    log: Arc<GuestLog>,
 }
 
 impl TxHandler {
-    /// A handler counting into `metrics`.
-    pub fn new(metrics: Arc<NetMetrics>) -> Self {
+    /// A handler counting into `metrics` and logging through `log`.
+    pub fn new(metrics: Arc<NetMetrics>, log: Arc<GuestLog>) -> Self {
         Self {
             buf: vec![0; MAX_PACKET_LEN],
             metrics,
-            warnings: Warnings::default(),
+            log,
         }
     }
 
@@ -89,8 +71,7 @@ impl TxHandler {
             Ok(len) => len,
             Err(e) => {
                 NetMetrics::add(&self.metrics.tx_dropped_malformed, 1);
-                self.warnings
-                    .warn(Warn::TxMalformed, format_args!("dropped a tx frame: {e}"));
+                self.log.warn(format_args!("dropped a tx frame: {e}"));
                 return Ok(());
             }
         };
@@ -102,17 +83,16 @@ impl TxHandler {
             Err(e) => {
                 NetMetrics::add(&self.metrics.tx_dropped_backend, 1);
                 if e.kind() != io::ErrorKind::WouldBlock {
-                    self.warnings
-                        .warn(Warn::TxBackend, format_args!("backend refused a frame: {e}"));
+                    self.log.warn(format_args!("backend refused a frame: {e}"));
                 }
             }
         }
         Ok(())
     }
 
-    /// Handles every available chain the rate limiter allows (see
-    /// [`drain`]); each goes to the used ring with length 0, whatever
-    /// became of its frame.
+    /// Handles, for one turn, every available chain the rate limiter
+    /// allows (see [`drain`]); each goes to the used ring with length 0,
+    /// whatever became of its frame.
     pub fn process(
         &mut self,
         queue: &mut Queue,
@@ -120,31 +100,49 @@ impl TxHandler {
         backend: &mut dyn NetBackend,
         limiter: &mut RateLimiter,
     ) -> Result<QueueOutcome, QueueError> {
+        let log = self.log.clone();
         // One more than allowed, so that too many can be told.
         drain(
             queue,
             mem,
             limiter,
             MAX_CHAIN_DESCRIPTORS + 1,
-            |descs, limiter| self.send(descs, mem, backend, limiter).map(|()| 0),
+            &log,
+            |_, descs, limiter| match self.send(descs, mem, backend, limiter) {
+                Ok(()) => Handled::Done(0),
+                Err(bytes) => Handled::Throttled(bytes),
+            },
         )
     }
 }
 
 /// Frames read from the backend that wait for guest buffers, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RxBacklog {
     frames: VecDeque<Vec<u8>>,
     bytes: usize,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Default for RxBacklog {
+    fn default() -> Self {
+        Self {
+            frames: VecDeque::new(),
+            bytes: 0,
+            max_frames: RX_BACKLOG_FRAMES,
+            max_bytes: RX_BACKLOG_BYTES,
+        }
+    }
 }
 
 impl RxBacklog {
     /// Whether the device may read another frame from the backend. Once
     /// it may not, the device stops reading (and polling) until the guest
-    /// takes frames, so the backlog never exceeds [`RX_BACKLOG_FRAMES`]
-    /// frames or [`RX_BACKLOG_BYTES`] plus one frame.
+    /// takes frames, so the backlog never exceeds its frame bound, or its
+    /// byte bound plus one frame.
     pub fn has_room(&self) -> bool {
-        self.frames.len() < RX_BACKLOG_FRAMES && self.bytes < RX_BACKLOG_BYTES
+        self.frames.len() < self.max_frames && self.bytes < self.max_bytes
     }
 
     /// Frames waiting.
@@ -197,7 +195,7 @@ struct RxRing {
     used_any: bool,
     mergeable: bool,
     metrics: Arc<NetMetrics>,
-    warnings: Warnings,
+    log: Arc<GuestLog>,
 }
 
 impl RxRing {
@@ -221,16 +219,21 @@ impl RxRing {
             return Ok(false);
         };
         let head = chain.head_index();
+        if head >= queue.size() {
+            NetMetrics::add(&self.metrics.rx_invalid_buffers, 1);
+            self.log.warn(format_args!(
+                "skipped rx avail entry with head {head} beyond the queue size {}",
+                queue.size()
+            ));
+            return Ok(true);
+        }
         self.descs.clear();
         self.descs.extend(chain.take(MAX_CHAIN_DESCRIPTORS + 1));
         match parse_rx_chain(head, &self.descs, mem) {
             Ok(c) => self.held.push_back(c),
             Err(e) => {
                 NetMetrics::add(&self.metrics.rx_invalid_buffers, 1);
-                self.warnings.warn(
-                    Warn::RxBuffer,
-                    format_args!("returned an unusable rx buffer: {e}"),
-                );
+                self.log.warn(format_args!("returned an unusable rx buffer: {e}"));
                 self.add_used(queue, mem, head, 0)?;
             }
         }
@@ -269,8 +272,7 @@ impl RxRing {
                         // Checked chains in memory that cannot shrink: not
                         // expected, but never a panic.
                         NetMetrics::add(&self.metrics.rx_dropped_no_buffer, 1);
-                        self.warnings
-                            .warn(Warn::RxBuffer, format_args!("cannot write an rx frame: {e}"));
+                        self.log.warn(format_args!("cannot write an rx frame: {e}"));
                         return Ok(Placed::Dropped);
                     }
                     NetMetrics::add(&self.metrics.rx_frames, 1);
@@ -279,13 +281,10 @@ impl RxRing {
                 }
                 RxPlan::TooBig => {
                     NetMetrics::add(&self.metrics.rx_dropped_no_buffer, 1);
-                    self.warnings.warn(
-                        Warn::RxTooBig,
-                        format_args!(
-                            "dropped a {}-byte rx frame larger than the guest's buffers",
-                            packet.len()
-                        ),
-                    );
+                    self.log.warn(format_args!(
+                        "dropped a {}-byte rx frame larger than the guest's buffers",
+                        packet.len()
+                    ));
                     return Ok(Placed::Dropped);
                 }
                 RxPlan::NeedMore => {
@@ -303,6 +302,8 @@ enum Stop {
     BackendEmpty,
     NoBuffers,
     Throttled(u64),
+    /// The turn's frame budget is spent.
+    Budget,
 }
 
 /// Moves frames from the backend to the receive queue.
@@ -314,8 +315,8 @@ pub struct RxHandler {
 }
 
 impl RxHandler {
-    /// A handler counting into `metrics`.
-    pub fn new(metrics: Arc<NetMetrics>) -> Self {
+    /// A handler counting into `metrics` and logging through `log`.
+    pub fn new(metrics: Arc<NetMetrics>, log: Arc<GuestLog>) -> Self {
         Self {
             backlog: RxBacklog::default(),
             scratch: vec![0; MAX_PACKET_LEN],
@@ -326,15 +327,28 @@ impl RxHandler {
                 used_any: false,
                 mergeable: false,
                 metrics,
-                warnings: Warnings::default(),
+                log,
             },
         }
+    }
+
+    /// Sets the backlog's bounds (frames, bytes); at least one frame.
+    pub fn set_backlog_limits(&mut self, frames: usize, bytes: usize) {
+        self.backlog.max_frames = frames.max(1);
+        self.backlog.max_bytes = bytes.max(1);
     }
 
     /// Starts over with a new queue; `mergeable` is VIRTIO_NET_F_MRG_RXBUF.
     pub fn activate(&mut self, mergeable: bool) {
         self.ring.held.clear();
         self.ring.mergeable = mergeable;
+    }
+
+    /// Chains taken from the ring and not used yet: a snapshot saves the
+    /// ring as if they had not been taken, so that the restored device
+    /// takes them again.
+    pub fn held_chains(&self) -> u16 {
+        self.ring.held.len() as u16
     }
 
     /// Forgets the queue; frames still waiting are dropped and counted.
@@ -357,10 +371,9 @@ impl RxHandler {
                 Ok(n) if n >= VNET_HDR_LEN => return Some(n.min(self.scratch.len())),
                 Ok(n) => {
                     NetMetrics::add(&self.ring.metrics.rx_backend_errors, 1);
-                    self.ring.warnings.warn(
-                        Warn::RxBackend,
-                        format_args!("backend gave a {n}-byte frame, shorter than the header"),
-                    );
+                    self.ring.log.warn(format_args!(
+                        "backend gave a {n}-byte frame, shorter than the header"
+                    ));
                     return None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -368,8 +381,8 @@ impl RxHandler {
                 Err(e) => {
                     NetMetrics::add(&self.ring.metrics.rx_backend_errors, 1);
                     self.ring
-                        .warnings
-                        .warn(Warn::RxBackend, format_args!("reading the backend failed: {e}"));
+                        .log
+                        .warn(format_args!("reading the backend failed: {e}"));
                     return None;
                 }
             }
@@ -386,15 +399,21 @@ impl RxHandler {
     }
 
     /// Delivers the backlog, then frames straight from the backend, until
-    /// one of them runs out or the rate limiter says stop.
+    /// one of them runs out, the rate limiter says stop, or `budget`
+    /// frames were handled.
     fn deliver(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         backend: &mut dyn NetBackend,
         limiter: &mut RateLimiter,
+        budget: &mut usize,
     ) -> Result<Stop, QueueError> {
         while let Some(frame) = self.backlog.frames.front_mut() {
+            if *budget == 0 {
+                return Ok(Stop::Budget);
+            }
+            *budget -= 1;
             match self.ring.place(frame, queue, mem, limiter)? {
                 Placed::Delivered | Placed::Dropped => self.backlog.pop(),
                 Placed::Stalled => {
@@ -405,6 +424,10 @@ impl RxHandler {
             }
         }
         loop {
+            if *budget == 0 {
+                return Ok(Stop::Budget);
+            }
+            *budget -= 1;
             let Some(n) = self.read(backend) else {
                 return Ok(Stop::BackendEmpty);
             };
@@ -423,10 +446,11 @@ impl RxHandler {
         }
     }
 
-    /// Fills the guest's receive buffers as far as they, the backend and
-    /// the rate limiter allow. If it stopped for lack of buffers, it
-    /// re-checks after re-enabling notifications, so buffers posted
-    /// meanwhile are not missed (EVENT_IDX-safe).
+    /// Fills the guest's receive buffers, for one turn of at most
+    /// [`RX_TURN_FRAMES`] frames, as far as they, the backend and the rate
+    /// limiter allow. If it stopped for lack of buffers, it re-checks after
+    /// re-enabling notifications, so buffers posted meanwhile are not
+    /// missed (EVENT_IDX-safe).
     pub fn process(
         &mut self,
         queue: &mut Queue,
@@ -436,13 +460,16 @@ impl RxHandler {
     ) -> Result<QueueOutcome, QueueError> {
         self.ring.used_any = false;
         let mut throttled = None;
+        let mut budget = RX_TURN_FRAMES;
+        let mut more = false;
         loop {
             queue.disable_notification(mem)?;
-            let stop = self.deliver(queue, mem, backend, limiter)?;
-            let more = queue.enable_notification(mem)?;
+            let stop = self.deliver(queue, mem, backend, limiter, &mut budget)?;
+            let posted = queue.enable_notification(mem)?;
             match stop {
-                Stop::NoBuffers if more => continue,
+                Stop::NoBuffers if posted => continue,
                 Stop::Throttled(bytes) => throttled = Some(limiter.wait_time(bytes)),
+                Stop::Budget => more = true,
                 _ => {}
             }
             break;
@@ -450,6 +477,7 @@ impl RxHandler {
         Ok(QueueOutcome {
             notify: self.ring.used_any && queue.needs_notification(mem)?,
             throttled,
+            more,
         })
     }
 }

@@ -30,4 +30,5 @@ mod tests;
 pub use backend::{GuestOffloads, MemoryNet, NetBackend};
 pub use device::{MacAddr, MacParseError, Net, NetError, NetOptions};
 pub use metrics::{NetCounters, NetMetrics};
+pub use rxtx::MAX_PACKET_LEN;
 pub use tap::{Tap, TapError};

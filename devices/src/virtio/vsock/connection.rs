@@ -6,7 +6,14 @@
 //! (`fwd_cnt`). The device never sends the guest more than the guest has
 //! room for, and refuses (RST) a guest that sends more than the device
 //! advertised. So what the device buffers per connection is bounded by
-//! [`CONN_BUF_ALLOC`], however slowly the host reads.
+//! its `buf_alloc` (the VM's per-connection vsock buffer), however slowly
+//! the host reads.
+//!
+//! A connection that must end with an RST (a protocol violation, a
+//! timeout, a broken host stream) is **aborted**: the muxer drops it and
+//! closes the host stream at once, and the RST waits in the muxer's bounded
+//! control queue for a guest rx buffer. Nothing host-side waits on the
+//! guest.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -30,6 +37,9 @@ enum State {
     Established,
     /// Waiting for the guest to finish (RST) after a full shutdown.
     Closing,
+    /// Over; the guest is owed an RST (the muxer queues it).
+    Aborted,
+    /// Over; nothing more to say.
     Dead,
 }
 
@@ -38,7 +48,6 @@ struct Pending {
     request: bool,
     response: bool,
     shutdown: bool,
-    rst: bool,
     credit_update: bool,
 }
 
@@ -67,6 +76,8 @@ pub struct Connection {
     /// Guest port.
     pub peer_port: u32,
     guest_cid: u64,
+    /// The receive buffer advertised to the guest.
+    buf_alloc: u32,
     state: State,
     pending: Pending,
     peer_buf_alloc: u32,
@@ -88,13 +99,23 @@ pub struct Connection {
     deadline: Option<Instant>,
 }
 
+/// Where a connection runs: the guest's CID and the buffer it gets.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint {
+    /// The guest's CID.
+    pub guest_cid: u64,
+    /// The receive buffer advertised per connection (buf_alloc).
+    pub buf_alloc: u32,
+}
+
 impl Connection {
-    fn new(stream: UnixStream, guest_cid: u64, local_port: u32, peer_port: u32) -> Self {
+    fn new(stream: UnixStream, ep: Endpoint, local_port: u32, peer_port: u32) -> Self {
         Self {
             stream,
             local_port,
             peer_port,
-            guest_cid,
+            guest_cid: ep.guest_cid,
+            buf_alloc: ep.buf_alloc,
             state: State::Established,
             pending: Pending::default(),
             peer_buf_alloc: 0,
@@ -111,25 +132,20 @@ impl Connection {
         }
     }
 
-    /// A host client asked to connect to guest port `peer_port`.
-    pub fn new_local(
-        stream: UnixStream,
-        guest_cid: u64,
-        local_port: u32,
-        peer_port: u32,
-        now: Instant,
-    ) -> Self {
-        let mut c = Self::new(stream, guest_cid, local_port, peer_port);
+    /// A host client asked, at `asked`, to connect to guest port
+    /// `peer_port`: the guest must answer by `asked` + [`CONN_TIMEOUT`].
+    pub fn new_local(stream: UnixStream, ep: Endpoint, local_port: u32, peer_port: u32, asked: Instant) -> Self {
+        let mut c = Self::new(stream, ep, local_port, peer_port);
         c.state = State::LocalInit;
         c.pending.request = true;
-        c.deadline = Some(now + CONN_TIMEOUT);
+        c.deadline = Some(asked + CONN_TIMEOUT);
         c
     }
 
     /// The guest connected to host port `local_port`, which a host socket
     /// accepted.
-    pub fn new_peer(stream: UnixStream, guest_cid: u64, local_port: u32, hdr: &Header) -> Self {
-        let mut c = Self::new(stream, guest_cid, local_port, hdr.src_port);
+    pub fn new_peer(stream: UnixStream, ep: Endpoint, local_port: u32, hdr: &Header) -> Self {
+        let mut c = Self::new(stream, ep, local_port, hdr.src_port);
         c.peer_buf_alloc = hdr.buf_alloc;
         c.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
         c.pending.response = true;
@@ -139,6 +155,27 @@ impl Connection {
     /// True once the connection is over and can be dropped.
     pub fn is_dead(&self) -> bool {
         self.state == State::Dead
+    }
+
+    /// True once the connection is over and the guest is owed an RST.
+    pub fn is_aborted(&self) -> bool {
+        self.state == State::Aborted
+    }
+
+    /// Ends the connection with an RST to the guest; nothing buffered is
+    /// kept.
+    pub fn abort(&mut self) {
+        self.state = State::Aborted;
+        self.pending = Pending::default();
+        self.host_readable = false;
+        self.tx_buf = VecDeque::new();
+        self.reply = Vec::new();
+        self.deadline = None;
+    }
+
+    /// Bytes of guest data buffered for the host.
+    pub fn buffered(&self) -> usize {
+        self.tx_buf.len()
     }
 
     /// When the connection times out, if it can.
@@ -162,7 +199,6 @@ impl Connection {
         p.request
             || p.response
             || p.shutdown
-            || p.rst
             || p.credit_update
             || (self.host_readable && self.can_send_data() && self.peer_credit() > 0)
     }
@@ -171,10 +207,8 @@ impl Connection {
     pub fn interest(&self) -> (bool, bool) {
         let read = !self.host_readable && self.can_send_data();
         let write = !self.tx_buf.is_empty() || !self.reply.is_empty();
-        (
-            read && self.state != State::Dead,
-            write && self.state != State::Dead,
-        )
+        let live = !matches!(self.state, State::Dead | State::Aborted);
+        (read && live, write && live)
     }
 
     /// Applies a packet from the guest.
@@ -201,7 +235,9 @@ impl Connection {
                 self.state = State::Established;
                 self.deadline = None;
                 self.reply = super::handshake::ok_reply(self.local_port);
-                self.flush_host();
+                if !self.flush_host() {
+                    self.abort();
+                }
                 Verdict::Ok
             }
             (op::RW, State::Established) if self.guest_shut & SHUTDOWN_SEND == 0 => self.on_data(data),
@@ -212,13 +248,16 @@ impl Connection {
             }
             (op::SHUTDOWN, State::Established | State::Closing) => {
                 self.guest_shut |= hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
-                self.flush_host();
+                if !self.flush_host() {
+                    self.abort();
+                    return Verdict::Ok;
+                }
                 if self.guest_shut == SHUTDOWN_RCV | SHUTDOWN_SEND {
                     // The guest closed: finish writing what it sent, then RST.
                     self.state = State::Closing;
                     self.deadline.get_or_insert(Instant::now() + CONN_TIMEOUT);
                     if self.tx_buf.is_empty() {
-                        self.pending.rst = true;
+                        self.abort();
                     }
                 }
                 Verdict::Ok
@@ -229,7 +268,7 @@ impl Connection {
 
     fn on_data<B: vm_memory::bitmap::BitmapSlice>(&mut self, data: Option<&VolatileSlice<'_, B>>) -> Verdict {
         let Some(data) = data else { return Verdict::Ok };
-        if self.tx_buf.len() + data.len() > CONN_BUF_ALLOC as usize {
+        if self.tx_buf.len() + data.len() > self.buf_alloc as usize {
             // More than the credit we gave.
             return Verdict::Reset;
         }
@@ -254,7 +293,7 @@ impl Connection {
 
     fn forwarded(&mut self, n: usize) {
         self.fwd_cnt += Wrapping(n as u32);
-        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD {
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= self.buf_alloc / 4 {
             self.pending.credit_update = true;
         }
     }
@@ -285,37 +324,34 @@ impl Connection {
         if self.guest_shut & SHUTDOWN_SEND != 0 {
             let _ = self.stream.shutdown(Shutdown::Write);
         }
-        if self.state == State::Closing {
-            self.pending.rst = true;
+        if self.state == State::Closing && self.guest_shut == SHUTDOWN_RCV | SHUTDOWN_SEND {
+            // Everything the guest sent before closing was written.
+            self.abort();
         }
         true
     }
 
-    /// The host stream polled readable and/or writable.
+    /// The host stream polled readable and/or writable. A stream that
+    /// fails a write (the host closed it) aborts the connection: its
+    /// buffered data can never be delivered.
     pub fn on_host_event(&mut self, readable: bool, writable: bool) {
         if readable {
             self.host_readable = true;
         }
         if writable && !self.flush_host() {
-            self.pending.rst = true;
+            self.abort();
         }
     }
 
     /// Time passed; returns true when the deadline expired (the muxer then
-    /// resets the connection).
+    /// aborts the connection).
     pub fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| now >= d)
     }
 
-    /// Forces an RST to the guest and closes.
-    pub fn reset(&mut self) {
-        self.pending = Pending {
-            rst: true,
-            ..Pending::default()
-        };
-        self.host_readable = false;
-        self.tx_buf.clear();
-        self.reply.clear();
+    /// The RST an aborted connection owes the guest.
+    pub fn rst(&self) -> Header {
+        self.header(op::RST, 0, 0)
     }
 
     fn header(&self, op: u16, flags: u32, len: u32) -> Header {
@@ -328,7 +364,7 @@ impl Connection {
             type_: TYPE_STREAM,
             op,
             flags,
-            buf_alloc: CONN_BUF_ALLOC,
+            buf_alloc: self.buf_alloc,
             fwd_cnt: self.fwd_cnt.0,
         }
     }
@@ -348,10 +384,8 @@ impl Connection {
         &mut self,
         buf: Option<&VolatileSlice<'_, B>>,
     ) -> Option<Header> {
-        if self.pending.rst {
-            self.pending = Pending::default();
-            self.state = State::Dead;
-            return Some(self.header(op::RST, 0, 0));
+        if matches!(self.state, State::Dead | State::Aborted) {
+            return None;
         }
         if std::mem::take(&mut self.pending.request) {
             return Some(self.header(op::REQUEST, 0, 0));

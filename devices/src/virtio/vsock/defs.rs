@@ -33,11 +33,13 @@ pub const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Largest payload accepted in one guest packet.
 pub const MAX_PKT_DATA: u32 = 64 << 10;
-/// The receive buffer the device advertises per connection (buf_alloc):
-/// the most a guest may have in flight to a host socket.
-pub const CONN_BUF_ALLOC: u32 = 256 << 10;
-/// Send a credit update once this much was forwarded since the last one.
-pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
+/// The receive buffer the device advertises per connection (buf_alloc) by
+/// default: the most a guest may have in flight to a host socket, and so
+/// the most the device buffers for it. A credit update goes out once a
+/// quarter of it was forwarded.
+pub const DEFAULT_CONN_BUFFER: u32 = 128 << 10;
+/// Live connections per device by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 /// Host ports handed out for host-initiated connections start here.
 pub const LOCAL_PORT_BASE: u32 = 1 << 30;
 

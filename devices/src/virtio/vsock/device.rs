@@ -14,7 +14,9 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::throttle::nonblocking_timer;
 
 use super::defs::{Header, EVENT_TRANSPORT_RESET, MAX_PKT_DATA};
-use super::muxer::{Muxer, MuxerError, RESET_ACK_TIMEOUT};
+use super::muxer::{Muxer, MuxerError, VsockLimits, RESET_ACK_TIMEOUT};
+use crate::guest_log::GuestLog;
+use crate::virtio::TURN_CHAINS;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 use crate::virtio::persist::DeviceSnapshot;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1};
@@ -67,7 +69,7 @@ pub struct Vsock {
     /// The guest got a TRANSPORT_RESET and has not yet handed back an
     /// event buffer (which Linux does once it has handled the event).
     reset_unacked: bool,
-    warned: bool,
+    log: Arc<GuestLog>,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -109,11 +111,13 @@ fn write_header<B: vm_memory::bitmap::BitmapSlice>(pkt: &mut VsockPacket<'_, B>,
 }
 
 impl Vsock {
-    /// A device for guest `cid` whose host side listens on `uds_path`.
-    pub fn new(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
+    /// A device for guest `cid` whose host side listens on `uds_path`,
+    /// within `limits`.
+    pub fn new(cid: u64, uds_path: &Path, limits: VsockLimits) -> Result<Self, VsockError> {
         if !(3..=u64::from(u32::MAX)).contains(&cid) {
             return Err(VsockError::BadCid(cid));
         }
+        let log = Arc::new(GuestLog::new("virtio-vsock"));
         Ok(Self {
             cid,
             config: cid.to_le_bytes(),
@@ -126,11 +130,11 @@ impl Vsock {
             timer: nonblocking_timer()?,
             timer_deadline: None,
             registered: std::collections::HashSet::new(),
-            muxer: Muxer::new(cid, uds_path)?,
+            muxer: Muxer::new(cid, uds_path, limits, log.clone())?,
             active: None,
             pending_reset_event: false,
             reset_unacked: false,
-            warned: false,
+            log,
         })
     }
 
@@ -149,29 +153,35 @@ impl Vsock {
         self.active.is_some()
     }
 
-    fn warn_once(&mut self, msg: std::fmt::Arguments) {
-        if !self.warned {
-            self.warned = true;
-            log::warn!("virtio-vsock: {msg} (further problems are not logged)");
-        }
-    }
-
     fn broken_queue(&mut self, e: virtio_queue::Error) {
-        self.warn_once(format_args!("virtqueue error: {e}; the device needs a reset"));
+        self.log.warn(format_args!("virtqueue error: {e}; the device needs a reset"));
         if let Some(a) = self.active.take() {
             a.interrupt.set_needs_reset();
         }
     }
 
-    /// Takes every available chain of queue `q`.
+    /// Takes up to `max` available chains of queue `q`. Heads beyond the
+    /// queue's size are skipped (no used entry can name them) and logged.
     fn chains<'m>(
         &mut self,
         q: usize,
         mem: &'m GuestMemoryMmap,
+        max: usize,
     ) -> Option<Vec<DescriptorChain<&'m GuestMemoryMmap>>> {
         let queue = self.active.as_mut()?.queues.get_mut(q)?;
+        let size = queue.size();
         match queue.iter(mem) {
-            Ok(iter) => Some(iter.collect()),
+            Ok(iter) => {
+                let (good, bad): (Vec<_>, Vec<_>) = iter.take(max).partition(|c| c.head_index() < size);
+                if let Some(c) = bad.first() {
+                    self.log.warn(format_args!(
+                        "skipped {} avail entries of queue {q} with heads beyond its size {size} (e.g. {})",
+                        bad.len(),
+                        c.head_index()
+                    ));
+                }
+                Some(good)
+            }
             Err(e) => {
                 self.broken_queue(e);
                 None
@@ -181,6 +191,13 @@ impl Vsock {
 
     fn memory(&self) -> Option<GuestMemoryMmap> {
         self.active.as_ref().map(|a| a.mem.clone())
+    }
+
+    fn rx_queue_size(&self) -> u16 {
+        self.active
+            .as_ref()
+            .and_then(|a| a.queues.get(RXQ))
+            .map_or(0, |q| q.size())
     }
 
     fn add_used(&mut self, q: usize, head: u16, len: u32) -> bool {
@@ -214,12 +231,17 @@ impl Vsock {
         }
     }
 
-    /// Handles every packet the guest queued.
+    /// Handles the packets the guest queued, for one turn of at most
+    /// [`TURN_CHAINS`]; a turn that leaves packets signals the queue's
+    /// eventfd so the event loop comes back after serving the rest.
     pub fn process_tx(&mut self) {
         let Some(mem) = self.memory() else { return };
-        let Some(chains) = self.chains(TXQ, &mem) else {
+        let Some(chains) = self.chains(TXQ, &mem, TURN_CHAINS) else {
             return;
         };
+        if chains.len() == TURN_CHAINS {
+            let _ = self.queue_evts[TXQ].write(1);
+        }
         let mut used = false;
         for mut chain in chains {
             let head = chain.head_index();
@@ -228,7 +250,7 @@ impl Vsock {
                     let hdr = header_of(&pkt);
                     self.muxer.on_guest_packet(&hdr, pkt.data_slice());
                 }
-                Err(e) => self.warn_once(format_args!("dropped a malformed tx packet: {e}")),
+                Err(e) => self.log.warn(format_args!("dropped a malformed tx packet: {e}")),
             }
             used |= self.add_used(TXQ, head, 0);
         }
@@ -237,11 +259,19 @@ impl Vsock {
         }
     }
 
-    /// Fills guest rx buffers while the muxer has packets.
+    /// Fills guest rx buffers while the muxer has packets, for one turn of
+    /// at most [`TURN_CHAINS`] packets (then the queue's eventfd brings the
+    /// event loop back).
     pub fn process_rx(&mut self) {
         let Some(mem) = self.memory() else { return };
         let mut used = false;
+        let mut budget = TURN_CHAINS;
         while self.muxer.has_pending_rx() {
+            if budget == 0 {
+                let _ = self.queue_evts[RXQ].write(1);
+                break;
+            }
+            budget -= 1;
             let Some(active) = self.active.as_mut() else { break };
             let Some(queue) = active.queues.get_mut(RXQ) else {
                 break;
@@ -255,6 +285,10 @@ impl Vsock {
             };
             let Some(mut chain) = next else { break };
             let head = chain.head_index();
+            if head >= QUEUE_SIZE.min(self.rx_queue_size()) {
+                self.log.warn(format_args!("skipped an rx avail entry with head {head} beyond the queue size"));
+                continue;
+            }
             let len = match VsockPacket::from_rx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut pkt) => match self.muxer.next_rx(pkt.data_slice()) {
                     Some(hdr) => {
@@ -270,7 +304,7 @@ impl Vsock {
                     }
                 },
                 Err(e) => {
-                    self.warn_once(format_args!("unusable rx buffer: {e}"));
+                    self.log.warn(format_args!("unusable rx buffer: {e}"));
                     0
                 }
             };
@@ -295,7 +329,7 @@ impl Vsock {
     pub fn on_event_queue_notify(&mut self) {
         if self.reset_unacked {
             self.reset_unacked = false;
-            self.muxer.release_host_connects(Instant::now());
+            self.muxer.release_host_connects();
         }
         self.process_event_queue();
     }
@@ -306,7 +340,7 @@ impl Vsock {
             return;
         }
         let Some(mem) = self.memory() else { return };
-        let Some(chains) = self.chains(EVQ, &mem) else {
+        let Some(chains) = self.chains(EVQ, &mem, usize::from(QUEUE_SIZE)) else {
             return;
         };
         let mut chains = chains.into_iter();
@@ -361,6 +395,10 @@ impl VirtioDevice for Vsock {
 
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    fn guest_log(&self) -> &Arc<GuestLog> {
+        &self.log
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

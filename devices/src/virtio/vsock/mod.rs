@@ -17,5 +17,6 @@ pub mod muxer;
 #[cfg(test)]
 mod tests;
 
+pub use defs::{DEFAULT_CONN_BUFFER, DEFAULT_MAX_CONNECTIONS};
 pub use device::{Vsock, VsockError};
-pub use muxer::MuxerError;
+pub use muxer::{MuxerError, VsockLimits, MAX_CONTROL_PACKETS, MAX_PENDING_CLIENTS};

@@ -5,6 +5,15 @@
 //!
 //! The muxer never touches epoll itself: it records which host fds it
 //! wants watched ([`Watch`]) and the event handler applies that.
+//!
+//! Bounds, whatever the guest does ([`VsockLimits`]): at most
+//! `max_connections` connections (a guest REQUEST past that gets an RST),
+//! each buffering at most `conn_buffer` bytes of guest data, so the muxer
+//! holds at most their product plus [`MAX_CONTROL_PACKETS`] headers. A
+//! host client gets `OK` or a closed socket within [`CONN_TIMEOUT`] of
+//! its `CONNECT` line: a connection the guest does not answer is dropped
+//! host-side at once, and its RST waits for the guest in the control
+//! queue.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read};
@@ -17,22 +26,43 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 use vmm_sys_util::epoll::EventSet;
 
-use super::connection::{Connection, Verdict};
+use super::connection::{Connection, Endpoint, Verdict, CONN_TIMEOUT};
 use super::defs::*;
 use super::handshake::{self, Handshake, MAX_HANDSHAKE_LEN};
+use crate::guest_log::GuestLog;
 use crate::unix_socket::clear_stale_socket;
 
-/// Most live connections per device.
-pub const MAX_CONNECTIONS: usize = 1024;
 /// Most host clients in their handshake at once.
 pub const MAX_PENDING_CLIENTS: usize = 64;
+/// Most host clients accepted per listener event (the listener is
+/// level-triggered: the rest wait for the next turn).
+pub const ACCEPTS_PER_TURN: usize = 16;
 /// How long a host client may take to send its `CONNECT` line.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most control packets (RSTs to unknown ports) waiting for rx buffers.
 pub const MAX_CONTROL_PACKETS: usize = 256;
 /// After a transport reset, host clients wait at most this long for the
-/// guest to finish handling it before their REQUEST goes out anyway.
-pub const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// guest to finish handling it before their REQUEST goes out anyway; the
+/// guest then has the rest of [`CONN_TIMEOUT`] to answer.
+pub const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How much one VM's vsock device may hold on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsockLimits {
+    /// Live connections (each one host socket).
+    pub max_connections: usize,
+    /// Guest data buffered per connection: the buf_alloc the guest is told.
+    pub conn_buffer: u32,
+}
+
+impl Default for VsockLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            conn_buffer: DEFAULT_CONN_BUFFER,
+        }
+    }
+}
 
 /// Errors setting the muxer up.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +99,16 @@ struct Client {
     stream: UnixStream,
     line: Vec<u8>,
     deadline: Instant,
+    /// When its `CONNECT` line was complete.
+    asked: Option<Instant>,
 }
 
 /// The vsock connection multiplexer.
 #[derive(Debug)]
 pub struct Muxer {
     guest_cid: u64,
+    limits: VsockLimits,
+    log: std::sync::Arc<GuestLog>,
     uds_path: PathBuf,
     listener: UnixListener,
     conns: HashMap<Key, Connection>,
@@ -88,7 +122,6 @@ pub struct Muxer {
     changes: Vec<Watch>,
     /// Closed streams, kept until their fds are unwatched.
     graveyard: Vec<UnixStream>,
-    warned_bad_cid: bool,
     /// Until when host clients wait for the guest to handle a transport
     /// reset: a REQUEST the guest takes before the reset event would
     /// become a connection the reset then kills.
@@ -126,9 +159,16 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
 
 impl Muxer {
     /// Listens on `uds_path` for a guest with `guest_cid`.
-    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
+    pub fn new(
+        guest_cid: u64,
+        uds_path: &Path,
+        limits: VsockLimits,
+        log: std::sync::Arc<GuestLog>,
+    ) -> Result<Self, MuxerError> {
         Ok(Self {
             guest_cid,
+            limits,
+            log,
             uds_path: uds_path.into(),
             listener: bind(uds_path)?,
             conns: HashMap::new(),
@@ -141,7 +181,6 @@ impl Muxer {
             watched: HashMap::new(),
             changes: Vec::new(),
             graveyard: Vec::new(),
-            warned_bad_cid: false,
             held_until: None,
             waiting: Vec::new(),
         })
@@ -165,6 +204,23 @@ impl Muxer {
     /// Host clients still in their handshake.
     pub fn pending_client_count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// Bytes of guest data buffered for host sockets, over all connections.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns.values().map(Connection::buffered).sum()
+    }
+
+    /// Control packets (RSTs) waiting for guest rx buffers.
+    pub fn control_backlog(&self) -> usize {
+        self.control.len()
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            guest_cid: self.guest_cid,
+            buf_alloc: self.limits.conn_buffer,
+        }
     }
 
     fn watch(&mut self, fd: RawFd, set: EventSet) {
@@ -194,11 +250,15 @@ impl Muxer {
     }
 
     /// After any change to a connection: schedule it, update its watch,
-    /// or drop it when dead.
+    /// or drop it when over (queueing the RST an aborted one owes).
     fn refresh(&mut self, key: Key) {
         let Some(conn) = self.conns.get(&key) else { return };
         let fd = conn.stream.as_raw_fd();
-        if conn.is_dead() {
+        if conn.is_dead() || conn.is_aborted() {
+            if conn.is_aborted() {
+                let rst = conn.rst();
+                self.push_control(rst);
+            }
             if let Some(conn) = self.conns.remove(&key) {
                 self.by_fd.remove(&fd);
                 self.unwatch(fd);
@@ -225,10 +285,10 @@ impl Muxer {
         if self.control.len() < MAX_CONTROL_PACKETS {
             self.control.push_back(hdr);
         } else {
-            log::debug!(
-                "vsock: control queue full; dropping a packet for port {}",
+            self.log.warn(format_args!(
+                "control queue full (the guest posts no rx buffers); dropped an RST for port {}",
                 hdr.dst_port
-            );
+            ));
         }
     }
 
@@ -247,15 +307,10 @@ impl Muxer {
     /// Handles a packet the guest sent.
     pub fn on_guest_packet<B: BitmapSlice>(&mut self, hdr: &Header, data: Option<&VolatileSlice<'_, B>>) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
-            if !self.warned_bad_cid {
-                self.warned_bad_cid = true;
-                log::warn!(
-                    "vsock: dropped a packet from cid {} to cid {} (guest cid is {})",
-                    hdr.src_cid,
-                    hdr.dst_cid,
-                    self.guest_cid
-                );
-            }
+            self.log.warn(format_args!(
+                "dropped a packet from cid {} to cid {} (guest cid is {})",
+                hdr.src_cid, hdr.dst_cid, self.guest_cid
+            ));
             return;
         }
         if hdr.type_ != TYPE_STREAM {
@@ -269,7 +324,7 @@ impl Muxer {
         if let Some(conn) = self.conns.get_mut(&key) {
             match conn.on_guest(hdr, data) {
                 Verdict::Ok => {}
-                Verdict::Reset => conn.reset(),
+                Verdict::Reset => conn.abort(),
                 Verdict::Closed => {}
             }
             self.refresh(key);
@@ -289,7 +344,11 @@ impl Muxer {
     /// `<uds_path>_<port>` if something listens there.
     fn guest_connect(&mut self, hdr: &Header) {
         let path = PathBuf::from(format!("{}_{}", self.uds_path.display(), hdr.dst_port));
-        let stream = if self.conns.len() >= MAX_CONNECTIONS {
+        let stream = if self.conns.len() >= self.limits.max_connections {
+            self.log.warn(format_args!(
+                "refused a guest connection to port {}: the VM has {} vsock connections, its limit",
+                hdr.dst_port, self.limits.max_connections
+            ));
             None
         } else {
             connect_nonblocking(&path).ok()
@@ -300,7 +359,7 @@ impl Muxer {
             return;
         };
         let key = (hdr.dst_port, hdr.src_port);
-        let conn = Connection::new_peer(stream, self.guest_cid, hdr.dst_port, hdr);
+        let conn = Connection::new_peer(stream, self.endpoint(), hdr.dst_port, hdr);
         self.by_fd.insert(conn.stream.as_raw_fd(), key);
         self.conns.insert(key, conn);
         self.refresh(key);
@@ -346,7 +405,7 @@ impl Muxer {
     }
 
     fn accept_clients(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.clients.len() >= MAX_PENDING_CLIENTS || stream.set_nonblocking(true).is_err() {
@@ -359,6 +418,7 @@ impl Muxer {
                             stream,
                             line: Vec::with_capacity(MAX_HANDSHAKE_LEN),
                             deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                            asked: None,
                         },
                     );
                     self.watch(fd, EventSet::IN);
@@ -375,6 +435,7 @@ impl Muxer {
     fn drop_client(&mut self, fd: RawFd) {
         if let Some(c) = self.clients.remove(&fd) {
             self.unwatch(fd);
+            self.waiting.retain(|&(f, _)| f != fd);
             self.graveyard.push(c.stream);
         }
     }
@@ -406,18 +467,22 @@ impl Muxer {
                 log::debug!("vsock: refused a host client: {why}");
                 self.drop_client(fd);
             }
-            Handshake::Connect { port, .. } => match self.held_until {
-                Some(until) => {
+            Handshake::Connect { port, .. } => {
+                let now = Instant::now();
+                if let Some(c) = self.clients.get_mut(&fd) {
+                    // The answer is due CONN_TIMEOUT after this, held or not.
+                    c.asked = Some(now);
+                    c.deadline = now + CONN_TIMEOUT;
+                }
+                if self.held_until.is_some() {
                     // Not read from until released: its first data stays
                     // in the socket.
                     self.unwatch(fd);
-                    if let Some(c) = self.clients.get_mut(&fd) {
-                        c.deadline = until + HANDSHAKE_TIMEOUT;
-                    }
                     self.waiting.push((fd, port));
+                } else {
+                    self.host_connect(fd, port);
                 }
-                None => self.host_connect(fd, port, Instant::now()),
-            },
+            }
         }
     }
 
@@ -428,11 +493,11 @@ impl Muxer {
         self.held_until = Some(until);
     }
 
-    /// Sends the held host connections' REQUESTs (as of `now`).
-    pub fn release_host_connects(&mut self, now: Instant) {
+    /// Sends the held host connections' REQUESTs.
+    pub fn release_host_connects(&mut self) {
         self.held_until = None;
         for (fd, port) in std::mem::take(&mut self.waiting) {
-            self.host_connect(fd, port, now);
+            self.host_connect(fd, port);
         }
     }
 
@@ -468,8 +533,8 @@ impl Muxer {
     }
 
     /// A host client asked for guest port `port`: send the guest a REQUEST.
-    fn host_connect(&mut self, fd: RawFd, port: u32, now: Instant) {
-        if self.conns.len() >= MAX_CONNECTIONS {
+    fn host_connect(&mut self, fd: RawFd, port: u32) {
+        if self.conns.len() >= self.limits.max_connections {
             self.drop_client(fd);
             return;
         }
@@ -478,17 +543,21 @@ impl Muxer {
         };
         let local_port = self.alloc_local_port(port);
         let key = (local_port, port);
-        let conn = Connection::new_local(client.stream, self.guest_cid, local_port, port, now);
+        let asked = client.asked.unwrap_or_else(Instant::now);
+        let conn = Connection::new_local(client.stream, self.endpoint(), local_port, port, asked);
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
         self.refresh(key);
     }
 
-    /// Expires handshakes and connections past their deadline.
+    /// Expires handshakes and connections past their deadline: a late
+    /// handshake is closed, a late connection aborted (its host socket
+    /// closed now, its RST queued for the guest). No deadline survives
+    /// this call in the past.
     pub fn on_timer(&mut self, now: Instant) {
         if self.held_until.is_some_and(|until| now >= until) {
             log::debug!("vsock: the guest did not acknowledge the transport reset; connecting anyway");
-            self.release_host_connects(now);
+            self.release_host_connects();
         }
         let late: Vec<RawFd> = self
             .clients
@@ -507,7 +576,7 @@ impl Muxer {
             .collect();
         for key in expired {
             if let Some(c) = self.conns.get_mut(&key) {
-                c.reset();
+                c.abort();
             }
             self.refresh(key);
         }

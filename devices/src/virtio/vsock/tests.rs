@@ -15,6 +15,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::defs::*;
 use super::device::Vsock;
+use super::muxer::{VsockLimits, RESET_ACK_TIMEOUT};
 use crate::interrupt::test_utils::CountingIrq;
 use crate::virtio::device::{ActivateContext, VirtioDevice};
 use crate::virtio::VirtioInterrupt;
@@ -56,7 +57,7 @@ impl Rig {
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap(),
         ));
         let path = tmp_path(name);
-        let mut dev = Vsock::new(CID, &path).unwrap();
+        let mut dev = Vsock::new(CID, &path, VsockLimits::default()).unwrap();
         let rx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), QSIZE);
         let tx = MockSplitQueue::create(mem, GuestAddress(0x2_0000), QSIZE);
         let ev = MockSplitQueue::create(mem, GuestAddress(0x3_0000), QSIZE);
@@ -283,7 +284,7 @@ fn host_initiated_connection_moves_data_both_ways() {
     assert_eq!(rw[0].1, b"hello guest");
     assert_eq!((rw[0].0.src_port, rw[0].0.dst_port), (local, 1234));
     assert_eq!(rw[0].0.fwd_cnt, 10, "fwd_cnt counts what reached the host");
-    assert_eq!(rw[0].0.buf_alloc, CONN_BUF_ALLOC);
+    assert_eq!(rw[0].0.buf_alloc, DEFAULT_CONN_BUFFER);
     // Host closes: the guest gets SHUTDOWN, answers RST, the connection goes.
     drop(c);
     r.pump();
@@ -580,7 +581,9 @@ fn held_host_connections_go_ahead_when_the_guest_never_acknowledges() {
     };
     r.pump();
     assert!(r.ops().is_empty());
-    r.dev.muxer.on_timer(Instant::now() + Duration::from_secs(3));
+    // Held at most RESET_ACK_TIMEOUT, which leaves the guest the rest of
+    // CONN_TIMEOUT to answer.
+    r.dev.muxer.on_timer(Instant::now() + RESET_ACK_TIMEOUT + Duration::from_millis(100));
     r.dev.process_rx();
     assert_eq!(r.ops(), vec![op::REQUEST]);
 }

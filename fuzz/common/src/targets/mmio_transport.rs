@@ -124,7 +124,7 @@ fn new_device(g: &Guest, read_only: bool) -> Option<(Arc<Mutex<Block>>, MmioTran
         Block::new(Box::new(MemoryDisk::new(16)), &options).ok()?,
     ));
     let interrupt = Arc::new(VirtioInterrupt::new(Arc::new(NoIrq)));
-    let t = MmioTransport::new(block.clone(), g.mem.clone(), interrupt);
+    let t = MmioTransport::new(block.clone(), g.mem.clone(), interrupt).ok()?;
     Some((block, t))
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
+use hearth_devices::guest_log::GuestLog;
 use hearth_devices::virtio::block::handler::{process_queue, RequestHandler};
 use hearth_devices::virtio::block::request::Limits;
 use hearth_devices::virtio::block::{device, BlockMetrics, MemoryDisk};
@@ -279,7 +280,13 @@ pub fn virtio_blk(data: &[u8]) {
     };
     let disk = MemoryDisk::new(limits.capacity_sectors);
     let id = "fuzz-disk-serial-number-0123"[..usize::from(input.id % 29)].to_string();
-    let mut handler = RequestHandler::new(Box::new(disk), limits, &id, Arc::new(BlockMetrics::default()));
+    let mut handler = RequestHandler::new(
+        Box::new(disk),
+        limits,
+        &id,
+        Arc::new(BlockMetrics::default()),
+        Arc::new(GuestLog::new("fuzz")),
+    );
     let clock = FakeClock::new();
     let mut limiter = input.limit.limiter(&clock);
     for op in input.ops.iter().take(64) {

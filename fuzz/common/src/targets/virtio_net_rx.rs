@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
+use hearth_devices::guest_log::GuestLog;
 use hearth_devices::virtio::net::handler::{RxHandler, RX_BACKLOG_FRAMES};
 use hearth_devices::virtio::net::rxtx::{MAX_PACKET_LEN, VNET_HDR_LEN};
 use hearth_devices::virtio::net::{MemoryNet, NetMetrics};
@@ -124,7 +125,7 @@ pub fn virtio_net_rx(data: &[u8]) {
         first: Vec::new(),
     };
     let mut mergeable = input.mergeable;
-    let mut handler = RxHandler::new(Arc::new(NetMetrics::default()));
+    let mut handler = RxHandler::new(Arc::new(NetMetrics::default()), Arc::new(GuestLog::new("fuzz")));
     handler.activate(mergeable);
     let clock = FakeClock::new();
     let mut limiter = input.limit.limiter(&clock);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
+use hearth_devices::guest_log::GuestLog;
 use hearth_devices::virtio::net::handler::TxHandler;
 use hearth_devices::virtio::net::{MemoryNet, NetMetrics};
 use virtio_queue::desc::split::Descriptor;
@@ -96,7 +97,7 @@ pub fn virtio_net_tx(data: &[u8]) {
     let mut g = Guest::new();
     let mut ring = Ring::new(&mut g, 1, queue_size(input.queue_size));
     let mut queue = ring.queue(input.event_idx);
-    let mut handler = TxHandler::new(Arc::new(NetMetrics::default()));
+    let mut handler = TxHandler::new(Arc::new(NetMetrics::default()), Arc::new(GuestLog::new("fuzz")));
     let clock = FakeClock::new();
     let mut limiter = input.limit.limiter(&clock);
     for op in input.ops.iter().take(64) {

@@ -279,7 +279,7 @@ pub fn vsock_packets(data: &[u8]) {
         return;
     };
     let uds = HOST.with(|h| h.uds.clone());
-    let Ok(dev) = Vsock::new(GUEST_CID, &uds) else {
+    let Ok(dev) = Vsock::new(GUEST_CID, &uds, Default::default()) else {
         return;
     };
     let mut rig = Rig {
