@@ -88,7 +88,10 @@ impl GuestLog {
             let last = window.logged == LINES_PER_INTERVAL;
             drop(guard);
             if last {
-                log::warn!("{}: {msg} (further problems this minute are only counted)", self.device);
+                log::warn!(
+                    "{}: {msg} (further problems this minute are only counted)",
+                    self.device
+                );
             } else {
                 log::warn!("{}: {msg}", self.device);
             }

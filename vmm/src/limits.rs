@@ -57,9 +57,19 @@ impl ResourceLimits {
             }
         };
         check("vsock_connections", self.vsock_connections as u64, 1, 1024)?;
-        check("vsock_buffer_bytes", u64::from(self.vsock_buffer_bytes), 4096, 4 << 20)?;
+        check(
+            "vsock_buffer_bytes",
+            u64::from(self.vsock_buffer_bytes),
+            4096,
+            4 << 20,
+        )?;
         check("net_backlog_frames", self.net_backlog_frames as u64, 1, 4096)?;
-        check("net_backlog_bytes", self.net_backlog_bytes as u64, 64 << 10, 64 << 20)
+        check(
+            "net_backlog_bytes",
+            self.net_backlog_bytes as u64,
+            64 << 10,
+            64 << 20,
+        )
     }
 
     /// The vsock device's share.

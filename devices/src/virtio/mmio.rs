@@ -286,8 +286,7 @@ impl Inner {
         let s = self.regs.status;
         let ok = s & status::FEATURES_OK != 0 && s & (status::DRIVER_OK | status::FAILED) == 0;
         if !ok {
-            self.warn(format_args!("queue register written in status {s:#x}; ignored"),
-            );
+            self.warn(format_args!("queue register written in status {s:#x}; ignored"));
         }
         ok
     }
@@ -343,16 +342,16 @@ impl Inner {
             reg::INTERRUPT_ACK => self.interrupt.ack(value),
             reg::STATUS => self.write_status(value),
             reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {}
-            _ => self.warn(format_args!("write to unknown register {offset:#x}; ignored"),
-            ),
+            _ => self.warn(format_args!("write to unknown register {offset:#x}; ignored")),
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         let current = self.regs.status;
         if current != status::ACKNOWLEDGE | status::DRIVER {
-            self.warn(format_args!("driver features written in status {current:#x}; ignored"),
-            );
+            self.warn(format_args!(
+                "driver features written in status {current:#x}; ignored"
+            ));
             return;
         }
         let shift = match self.regs.driver_features_sel {
@@ -377,8 +376,9 @@ impl Inner {
                     q.set_size(size);
                 }
             }
-            _ => self.warn(format_args!("queue size {value} is not a power of two up to {max}; ignored"),
-            ),
+            _ => self.warn(format_args!(
+                "queue size {value} is not a power of two up to {max}; ignored"
+            )),
         }
     }
 
@@ -395,8 +395,7 @@ impl Inner {
             _ => 1,
         };
         if !value.is_multiple_of(align) {
-            self.warn(format_args!("queue address {value:#x} is misaligned; ignored"),
-            );
+            self.warn(format_args!("queue address {value:#x} is misaligned; ignored"));
             return;
         }
         let Some(q) = self.selected_queue() else { return };
@@ -437,20 +436,21 @@ impl Inner {
                 if acked & !offered == 0 && acked & (1 << VIRTIO_F_VERSION_1) != 0 {
                     self.regs.status = s & !status::NEEDS_RESET;
                 } else {
-                    self.warn(format_args!("driver acked features {acked:#x} of {offered:#x}; FEATURES_OK refused"),
-                    );
+                    self.warn(format_args!(
+                        "driver acked features {acked:#x} of {offered:#x}; FEATURES_OK refused"
+                    ));
                 }
             }
             Transition::Activate(s) => self.activate(s),
-            Transition::Refused => self.warn(format_args!("status {current:#x} -> {value:#x} is not allowed; ignored"),
-            ),
+            Transition::Refused => self.warn(format_args!(
+                "status {current:#x} -> {value:#x} is not allowed; ignored"
+            )),
         }
     }
 
     fn activate(&mut self, new_status: u32) {
         if self.interrupt.needs_reset() {
-            self.warn(format_args!("DRIVER_OK while NEEDS_RESET is set; ignored"),
-            );
+            self.warn(format_args!("DRIVER_OK while NEEDS_RESET is set; ignored"));
             return;
         }
         let event_idx = self.regs.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
@@ -508,10 +508,9 @@ impl BusDevice for MmioTransport {
         if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             inner.warn(format_args!(
-                    "{}-byte read at {offset:#x}; control registers are 32-bit",
-                    data.len()
-                ),
-            );
+                "{}-byte read at {offset:#x}; control registers are 32-bit",
+                data.len()
+            ));
             return;
         }
         let value = inner.read(offset);
@@ -529,10 +528,9 @@ impl BusDevice for MmioTransport {
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             inner.warn(format_args!(
-                    "{}-byte write at {offset:#x}; control registers are 32-bit",
-                    data.len()
-                ),
-            );
+                "{}-byte write at {offset:#x}; control registers are 32-bit",
+                data.len()
+            ));
             return;
         };
         if !offset.is_multiple_of(4) {
@@ -633,7 +631,8 @@ pub(crate) mod tests {
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
             let dev = Arc::new(Mutex::new(DummyDevice::new()));
             let irq = Arc::new(CountingIrq::default());
-            let t = MmioTransport::new(dev.clone(), mem, Arc::new(VirtioInterrupt::new(irq.clone()))).unwrap();
+            let t =
+                MmioTransport::new(dev.clone(), mem, Arc::new(VirtioInterrupt::new(irq.clone()))).unwrap();
             Self { t, dev, irq }
         }
         pub fn r(&self, off: u64) -> u32 {
@@ -743,6 +742,47 @@ pub(crate) mod tests {
         assert_eq!(h.r(reg::STATUS), 0);
         assert_eq!(h.r(reg::INTERRUPT_STATUS), 0);
         assert_eq!(h.dev.lock().unwrap().resets, 1);
+    }
+
+    /// Finding: a used ring at the avail ring + 2 (used.flags over
+    /// avail.idx) made the device's queue loop run forever. Such rings are
+    /// refused at DRIVER_OK.
+    #[test]
+    fn aliased_rings_are_refused_at_driver_ok() {
+        let h = Harness::new();
+        h.drive_to_features_ok(V1);
+        h.setup_queue0();
+        h.w(reg::QUEUE_AVAIL_LOW, 0x2002);
+        h.w(reg::QUEUE_USED_LOW, 0x2004);
+        h.w(reg::STATUS, ALL_OK);
+        let s = h.r(reg::STATUS);
+        assert_eq!(s & status::DRIVER_OK, 0);
+        assert_ne!(s & status::NEEDS_RESET, 0);
+        assert!(h.dev.lock().unwrap().activated.is_none());
+        assert_eq!(h.dev.lock().unwrap().log.counters().warnings, 1);
+    }
+
+    /// A vCPU's register access never waits behind device I/O: with the
+    /// device's lock held (the event loop in a long turn), identity,
+    /// features, interrupt status and QueueNotify still answer.
+    #[test]
+    fn register_accesses_do_not_take_the_device_lock() {
+        let h = Harness::new();
+        h.drive_to_features_ok(V1);
+        h.setup_queue0();
+        h.w(reg::STATUS, ALL_OK);
+        let dev = h.dev.clone();
+        let _busy = dev.lock().unwrap();
+        assert_eq!(h.r(reg::DEVICE_ID), 42);
+        h.w(reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(h.r(reg::DEVICE_FEATURES), 1);
+        assert_eq!(h.r(reg::INTERRUPT_STATUS), 0);
+        h.w(reg::QUEUE_NOTIFY, 0);
+        assert_eq!(
+            _busy.evts[0].read().unwrap(),
+            1,
+            "the notify reached the queue's eventfd"
+        );
     }
 
     #[test]

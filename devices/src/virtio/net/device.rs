@@ -17,9 +17,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::backend::{GuestOffloads, NetBackend};
 use super::handler::{RxHandler, TxHandler, RX_BACKLOG_BYTES, RX_BACKLOG_FRAMES};
 use super::metrics::NetMetrics;
+use crate::guest_log::GuestLog;
 use crate::rate_limiter::RateLimit;
 use crate::throttle::Throttle;
-use crate::guest_log::GuestLog;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 use crate::virtio::QueueError;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -269,7 +269,8 @@ impl Net {
     }
 
     fn broken_queue(&mut self, which: &str, e: QueueError) {
-        self.log.warn(format_args!("{which} {e}; the device needs a reset"));
+        self.log
+            .warn(format_args!("{which} {e}; the device needs a reset"));
         if let Some(a) = self.active.take() {
             a.interrupt.set_needs_reset();
         }

@@ -134,7 +134,13 @@ impl Connection {
 
     /// A host client asked, at `asked`, to connect to guest port
     /// `peer_port`: the guest must answer by `asked` + [`CONN_TIMEOUT`].
-    pub fn new_local(stream: UnixStream, ep: Endpoint, local_port: u32, peer_port: u32, asked: Instant) -> Self {
+    pub fn new_local(
+        stream: UnixStream,
+        ep: Endpoint,
+        local_port: u32,
+        peer_port: u32,
+        asked: Instant,
+    ) -> Self {
         let mut c = Self::new(stream, ep, local_port, peer_port);
         c.state = State::LocalInit;
         c.pending.request = true;

@@ -16,9 +16,9 @@ use crate::throttle::nonblocking_timer;
 use super::defs::{Header, EVENT_TRANSPORT_RESET, MAX_PKT_DATA};
 use super::muxer::{Muxer, MuxerError, VsockLimits, RESET_ACK_TIMEOUT};
 use crate::guest_log::GuestLog;
-use crate::virtio::TURN_CHAINS;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 use crate::virtio::persist::DeviceSnapshot;
+use crate::virtio::TURN_CHAINS;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::GuestMemoryMmap;
 
@@ -154,7 +154,8 @@ impl Vsock {
     }
 
     fn broken_queue(&mut self, e: virtio_queue::Error) {
-        self.log.warn(format_args!("virtqueue error: {e}; the device needs a reset"));
+        self.log
+            .warn(format_args!("virtqueue error: {e}; the device needs a reset"));
         if let Some(a) = self.active.take() {
             a.interrupt.set_needs_reset();
         }
@@ -286,7 +287,9 @@ impl Vsock {
             let Some(mut chain) = next else { break };
             let head = chain.head_index();
             if head >= QUEUE_SIZE.min(self.rx_queue_size()) {
-                self.log.warn(format_args!("skipped an rx avail entry with head {head} beyond the queue size"));
+                self.log.warn(format_args!(
+                    "skipped an rx avail entry with head {head} beyond the queue size"
+                ));
                 continue;
             }
             let len = match VsockPacket::from_rx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA) {

@@ -24,7 +24,7 @@ use crate::GuestMemoryMmap;
 const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
 const CID: u64 = 3;
-const QSIZE: u16 = 64;
+const QSIZE: u16 = 256;
 
 struct Rig {
     mem: GuestMemoryMmap,
@@ -52,12 +52,16 @@ fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
 
 impl Rig {
     fn new(name: &str) -> Self {
+        Self::with_limits(name, VsockLimits::default())
+    }
+
+    fn with_limits(name: &str, limits: VsockLimits) -> Self {
         // Leaked so the mock queues can borrow it for 'static.
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap(),
         ));
         let path = tmp_path(name);
-        let mut dev = Vsock::new(CID, &path, VsockLimits::default()).unwrap();
+        let mut dev = Vsock::new(CID, &path, limits).unwrap();
         let rx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), QSIZE);
         let tx = MockSplitQueue::create(mem, GuestAddress(0x2_0000), QSIZE);
         let ev = MockSplitQueue::create(mem, GuestAddress(0x3_0000), QSIZE);
@@ -583,7 +587,111 @@ fn held_host_connections_go_ahead_when_the_guest_never_acknowledges() {
     assert!(r.ops().is_empty());
     // Held at most RESET_ACK_TIMEOUT, which leaves the guest the rest of
     // CONN_TIMEOUT to answer.
-    r.dev.muxer.on_timer(Instant::now() + RESET_ACK_TIMEOUT + Duration::from_millis(100));
+    r.dev
+        .muxer
+        .on_timer(Instant::now() + RESET_ACK_TIMEOUT + Duration::from_millis(100));
     r.dev.process_rx();
     assert_eq!(r.ops(), vec![op::REQUEST]);
+}
+
+/// Finding: a host CONNECT to a guest that posts no rx buffers (so the
+/// REQUEST never reaches it) got neither OK nor a close. Now the host
+/// socket is closed at the deadline, the RST waits in the bounded control
+/// queue, and no deadline is left in the past (which re-armed the timer at
+/// its 1 ms floor, ~1000 wake-ups a second).
+#[test]
+fn a_host_connect_to_a_guest_without_rx_buffers_is_closed_at_the_deadline() {
+    let mut r = Rig::new("norx");
+    let mut clients = Vec::new();
+    for port in 0..20 {
+        let mut c = UnixStream::connect(&r.path).unwrap();
+        writeln!(c, "CONNECT {}", 52 + port).unwrap();
+        clients.push(c);
+        r.pump();
+    }
+    assert_eq!(r.dev.muxer.connection_count(), 20);
+    assert!(r.ops().is_empty(), "no rx buffer, nothing delivered");
+    let deadline = r.dev.muxer.next_deadline().unwrap();
+    r.dev.muxer.on_timer(deadline + Duration::from_millis(1));
+    r.dev.muxer.take_watch_changes();
+    r.dev.muxer.release_closed();
+    assert_eq!(r.dev.muxer.connection_count(), 0, "closed host-side at once");
+    assert_eq!(r.dev.muxer.next_deadline(), None, "no expired deadline remains");
+    assert_eq!(r.dev.muxer.control_backlog(), 20, "the RSTs wait for the guest");
+    for mut c in clients {
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(c.read(&mut [0u8; 4]).unwrap(), 0, "the client sees the close");
+    }
+    // Once the guest posts buffers, it gets its RSTs.
+    r.post_rx(32);
+    assert_eq!(r.ops(), vec![op::RST; 20]);
+}
+
+/// Finding: with guest data buffered for a host socket that then closed,
+/// and no rx buffer for the RST, the connection stayed and its fd stayed
+/// watched for writing: the event loop spun at 99% CPU. Now a failed host
+/// write aborts the connection at once and nothing is left watched.
+#[test]
+fn a_closed_host_socket_with_buffered_data_is_dropped_not_spun_on() {
+    let mut r = Rig::with_limits(
+        "spin",
+        VsockLimits {
+            conn_buffer: 1 << 20,
+            ..VsockLimits::default()
+        },
+    );
+    let listener = UnixListener::bind(format!("{}_6000", r.path.display())).unwrap();
+    r.post_rx(1);
+    r.send(op::REQUEST, 30, 6000, &[], 0);
+    assert_eq!(r.ops(), vec![op::RESPONSE]);
+    let (host, _) = listener.accept().unwrap();
+    // More than the Unix socket takes: the rest stays in the device.
+    let chunk = vec![7u8; MAX_PKT_DATA as usize];
+    for _ in 0..8 {
+        r.send(op::RW, 30, 6000, &chunk, 0);
+    }
+    assert!(r.dev.muxer.buffered_bytes() > 0, "data waits for the host");
+    drop(host);
+    // The fd polls writable (with an error): the device tries to write.
+    r.pump();
+    assert_eq!(r.dev.muxer.connection_count(), 0);
+    assert_eq!(r.dev.muxer.buffered_bytes(), 0);
+    assert!(
+        r.dev.muxer.watched_fds() == vec![r.dev.muxer.listener_fd()],
+        "nothing but the listener is watched"
+    );
+}
+
+/// Finding: 1 100 guest connections to a host listener that never reads
+/// grew the VMM by 270 MiB and 1 000 fds. Now connections stop at the
+/// VM's limit (the rest get an RST), and each buffers at most its credit.
+#[test]
+fn guest_connections_and_their_buffers_stop_at_the_vm_limits() {
+    let limits = VsockLimits {
+        max_connections: 16,
+        conn_buffer: 32 << 10,
+    };
+    let mut r = Rig::with_limits("flood", limits);
+    let listener = UnixListener::bind(format!("{}_7100", r.path.display())).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    r.post_rx(64);
+    let mut accepted = Vec::new();
+    for port in 0..30u32 {
+        r.send(op::REQUEST, 3000 + port, 7100, &[], 0);
+        while let Ok((s, _)) = listener.accept() {
+            socket2::SockRef::from(&s).set_recv_buffer_size(4096).unwrap();
+            accepted.push(s); // never read
+        }
+    }
+    let ops = r.ops();
+    assert_eq!(ops.iter().filter(|&&o| o == op::RESPONSE).count(), 16);
+    assert_eq!(ops.iter().filter(|&&o| o == op::RST).count(), 14);
+    assert_eq!(r.dev.muxer.connection_count(), 16);
+    // Each connection is filled up to its credit; the guest gets no more.
+    let chunk = vec![1u8; 32 << 10];
+    for port in 0..16u32 {
+        r.send(op::RW, 3000 + port, 7100, &chunk, 0);
+    }
+    assert!(r.dev.muxer.buffered_bytes() <= 16 * (32 << 10));
+    assert_eq!(r.dev.muxer.connection_count(), 16);
 }
