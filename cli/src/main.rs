@@ -9,7 +9,6 @@
 
 mod api;
 mod cli;
-mod footprint;
 mod jail;
 mod spec;
 
@@ -34,8 +33,6 @@ fn supervise(vm: Vm, api: Option<UnixListener>) -> anyhow::Result<ExitCode> {
     if let Some(listener) = api {
         api::serve(vm.clone(), listener)?;
     }
-    // Set-up is over: what runs from here on is a small part of the binary.
-    footprint::drop_code_pages();
     let reason = vm.wait();
     // The API thread may still hold a clone; the process exits right after.
     drop(vm);
