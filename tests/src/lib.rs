@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hearth::{
-    BootProtocol, DiskConfig, ExitReason, NetConfig, SeccompMode, SerialBuffer, SerialOutput, Vm, VmConfig,
-    VsockConfig,
+    BootProtocol, DiskConfig, ExitReason, NetConfig, ResourceLimits, SeccompMode, SerialBuffer, SerialOutput,
+    Vm, VmConfig, VsockConfig,
 };
 
 /// The test guest's ELF form.
@@ -58,6 +58,7 @@ pub struct TestVmBuilder {
     nets: Vec<NetConfig>,
     vsock: Option<VsockConfig>,
     seccomp: SeccompMode,
+    limits: ResourceLimits,
 }
 
 impl TestVmBuilder {
@@ -112,6 +113,11 @@ impl TestVmBuilder {
         self.vsock = Some(v);
         self
     }
+    /// Resource bounds.
+    pub fn limits(mut self, limits: ResourceLimits) -> Self {
+        self.limits = limits;
+        self
+    }
     /// Creates the PIT.
     pub fn pit(mut self, pit: bool) -> Self {
         self.pit = pit;
@@ -126,6 +132,7 @@ impl TestVmBuilder {
             .boot_protocol(self.protocol)
             .pit(self.pit)
             .seccomp(self.seccomp)
+            .limits(self.limits)
             .serial(SerialOutput::Buffer(console.clone()));
         if let Some(i) = &self.initrd {
             b = b.initrd(i);
@@ -164,6 +171,7 @@ impl TestVm {
             nets: Vec::new(),
             vsock: None,
             seccomp: SeccompMode::Enforce,
+            limits: ResourceLimits::default(),
         }
     }
 
@@ -181,6 +189,7 @@ impl TestVm {
             nets: Vec::new(),
             vsock: None,
             seccomp: SeccompMode::Enforce,
+            limits: ResourceLimits::default(),
         }
     }
 

@@ -41,6 +41,7 @@ pub mod fuzzing;
 mod kvm;
 mod limits;
 mod memory;
+mod metrics;
 mod net;
 mod rate_limits;
 mod runner;
@@ -63,6 +64,7 @@ pub use config::{
 pub use device_manager::DeviceError;
 pub use error::Error;
 pub use exit::ExitReason;
+pub use hearth_devices::guest_log::GuestLogCounters;
 pub use hearth_devices::legacy::{BootTime, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use hearth_devices::rate_limiter::{BucketConfig, RateLimit};
 pub use hearth_devices::unix_socket::clear_stale_socket;
@@ -71,6 +73,7 @@ pub use hearth_devices::virtio::net::{GuestOffloads, MemoryNet, NetBackend, NetC
 pub use kvm::vcpu::VcpuError;
 pub use kvm::KvmError;
 pub use memory::MemoryError;
+pub use metrics::{DeviceProblems, VmMetrics};
 pub use seccomp::SeccompMode;
 pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
 pub use snapshot::{

@@ -47,6 +47,27 @@ impl Default for ResourceLimits {
 const CONTROL_PACKET_BYTES: u64 = 48;
 
 impl ResourceLimits {
+    /// Sets `vsock_connections`.
+    pub fn vsock_connections(mut self, n: usize) -> Self {
+        self.vsock_connections = n;
+        self
+    }
+    /// Sets `vsock_buffer_bytes`.
+    pub fn vsock_buffer_bytes(mut self, n: u32) -> Self {
+        self.vsock_buffer_bytes = n;
+        self
+    }
+    /// Sets `net_backlog_frames`.
+    pub fn net_backlog_frames(mut self, n: usize) -> Self {
+        self.net_backlog_frames = n;
+        self
+    }
+    /// Sets `net_backlog_bytes`.
+    pub fn net_backlog_bytes(mut self, n: usize) -> Self {
+        self.net_backlog_bytes = n;
+        self
+    }
+
     /// Checks the bounds are in range; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         let check = |name: &str, v: u64, lo: u64, hi: u64| {

@@ -157,6 +157,16 @@ impl MmioTransport {
     pub fn interrupt(&self) -> Arc<VirtioInterrupt> {
         lock(&self.inner).interrupt.clone()
     }
+
+    /// The device's log of guest-triggered problems.
+    pub fn guest_log(&self) -> Arc<GuestLog> {
+        lock(&self.inner).log.clone()
+    }
+
+    /// The virtio device type.
+    pub fn device_type(&self) -> u32 {
+        lock(&self.inner).device_type
+    }
 }
 
 impl MmioTransport {

@@ -26,7 +26,7 @@ pub struct BlockMetrics {
 }
 
 /// A copy of the counters at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[allow(missing_docs)]
 pub struct BlockCounters {
     pub reads: u64,

@@ -37,7 +37,7 @@ pub struct NetMetrics {
 }
 
 /// A copy of the counters at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[allow(missing_docs)]
 pub struct NetCounters {
     pub rx_frames: u64,

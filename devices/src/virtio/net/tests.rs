@@ -744,5 +744,5 @@ fn a_held_rx_buffer_survives_a_snapshot() {
     restored.process_rx();
     let got = g.received();
     assert_eq!(got, vec![(with_num_buffers(small, 1), 1)]);
-    assert_eq!(g.rx.chains.contains_key(&head), true);
+    assert!(g.rx.chains.contains_key(&head));
 }
