@@ -7,7 +7,7 @@
 //! - VMM RSS beyond guest memory (smaps total minus the guest RAM mapping);
 //! - drop/teardown time of an exited VM.
 //!
-//! `cargo bench -p hearth --bench boot [-- RUNS]` (default 30 runs).
+//! `cargo bench -p hearth-cli --bench boot [-- RUNS]` (default 30 runs).
 //! `HEARTH_LAUNCHER=path` measures another launcher binary (e.g. the
 //! statically linked one `scripts/bench` builds).
 

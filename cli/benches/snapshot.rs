@@ -7,7 +7,7 @@
 //! - time from the restore call to the guest's first output;
 //! - Pss of 50 clones.
 //!
-//! `cargo bench -p hearth --bench snapshot [-- RUNS]` (default 20).
+//! `cargo bench -p hearth-cli --bench snapshot [-- RUNS]` (default 20).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::panic)]
 
