@@ -28,6 +28,12 @@ pub enum Command {
     Run(RunArgs),
     /// Restore a snapshot in this process and run it.
     Restore(RestoreArgs),
+    /// Run a command in a VM through its guest agent (streams stdio, exits
+    /// with the command's status; 125 if hearth itself fails).
+    Exec(crate::exec::ExecArgs),
+    /// Copy a file to or from a VM through its guest agent
+    /// (`guest:PATH` names the guest side).
+    Cp(crate::exec::CpArgs),
 }
 
 /// Control of a running VM, for both run and restore.
@@ -232,7 +238,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(r) => r,
-            Command::Restore(_) => unreachable!("run args"),
+            _ => unreachable!("run args"),
         }
     }
 

@@ -2,13 +2,15 @@
 //!
 //! Exit status: 0 when the guest resets or shuts down, 1 when the VM
 //! cannot start (one line on stderr says why), 2 when the guest crashes
-//! or the VMM fails while running.
+//! or the VMM fails while running. `hearth exec` exits with the command's
+//! status (128 + N for signal N), or 125 when it fails itself.
 
 // The launcher's job is to talk to the terminal.
 #![allow(clippy::print_stderr)]
 
 mod api;
 mod cli;
+mod exec;
 mod jail;
 mod spec;
 
@@ -128,12 +130,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = match &cli.command {
-        Command::Run(args) => run(args),
-        Command::Restore(args) => restore(args),
+    let (result, failed) = match &cli.command {
+        Command::Run(args) => (run(args), 1),
+        Command::Restore(args) => (restore(args), 1),
+        Command::Exec(args) => (exec::exec(args), exec::EXEC_FAILED),
+        Command::Cp(args) => (exec::cp(args), 1),
     };
     result.unwrap_or_else(|e| {
         eprintln!("hearth: error: {}", one_line(&e));
-        ExitCode::from(1)
+        ExitCode::from(failed)
     })
 }

@@ -33,18 +33,18 @@ fn linux_agent_runs_commands_moves_files_and_survives_a_crash() {
             .unwrap();
     eprintln!("exec sh: {:?}", start.elapsed());
     assert_eq!(
-        (out.stdout.as_slice(), out.stderr.as_slice(), out.status),
-        (&b"out\n"[..], &b"err\n"[..], 3)
+        (out.stdout.as_slice(), out.stderr.as_slice(), out.status.code),
+        (&b"out\n"[..], &b"err\n"[..], Some(3))
     );
     let out = t.vm.exec(&["uname", "-r"]).unwrap();
     assert_eq!(
-        (out.stdout_text().trim(), out.status),
-        (g.kernel_release.as_str(), 0)
+        (out.stdout_text().trim(), out.status.code),
+        (g.kernel_release.as_str(), Some(0))
     );
 
     // A program that does not exist.
     match t.vm.exec(&["/no/such/program"]) {
-        Err(AgentError::Guest(msg)) => {
+        Err(AgentError::Guest { message: msg, .. }) => {
             assert!(
                 msg.contains("/no/such/program") && msg.contains("No such file"),
                 "{msg}"
@@ -71,7 +71,7 @@ fn linux_agent_runs_commands_moves_files_and_survives_a_crash() {
     // Kill the agent from inside: the request fails, PID 1 starts a new
     // agent, and the same host socket reaches it.
     let e = t.vm.exec(&["sh", "-c", "kill -9 $PPID; sleep 5"]).unwrap_err();
-    assert!(matches!(e, AgentError::Closed | AgentError::Io(_)), "{e}");
+    assert!(matches!(e, AgentError::Disconnected | AgentError::Io(_)), "{e}");
     t.expect("AGENT-EXITED status=-9", LINUX_TIMEOUT);
     let deadline = Instant::now() + LINUX_TIMEOUT;
     while t.lines_with("AGENT-READY port=52").len() < 2 {

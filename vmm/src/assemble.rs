@@ -110,6 +110,7 @@ impl Assembly {
             runner: Runner::new(event_loop, self.run_state.clone()),
             run_state: self.run_state,
             devices,
+            refresh: None,
             kvm_vm: self.kvm_vm,
             memory: self.memory,
             config,

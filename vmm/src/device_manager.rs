@@ -12,7 +12,10 @@ use hearth_devices::bus::{BusDevice, BusError};
 use hearth_devices::legacy::cmos::{CMOS_PORT, CMOS_PORT_LEN};
 use hearth_devices::legacy::i8042::{I8042_PORT, I8042_PORT_LEN};
 use hearth_devices::legacy::serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
-use hearth_devices::legacy::{BootTimer, Cmos, SerialDevice, SerialInput, BOOT_TIMER_PORT, I8042};
+use hearth_devices::legacy::{
+    BootTimer, Cmos, Generation, SerialDevice, SerialInput, VmGeneration, BOOT_TIMER_PORT, I8042,
+    VM_GENERATION_LEN, VM_GENERATION_PORT,
+};
 use hearth_devices::virtio::block::{Block, BlockMetrics, BlockOptions, DiskError};
 use hearth_devices::virtio::net::{Net, NetError, NetMetrics, TapError};
 use hearth_devices::virtio::vsock::{Vsock, VsockError};
@@ -90,6 +93,9 @@ pub enum DeviceError {
     /// More virtio devices than IRQs.
     #[error("too many virtio devices: at most {0}")]
     TooManyDevices(u32),
+    /// The host's random source failed (getrandom).
+    #[error("cannot read the host's random source for the VM generation")]
+    Entropy,
 }
 
 /// Handles to the devices the `Vm` talks to after start.
@@ -98,6 +104,7 @@ pub(crate) struct Devices {
     pub serial: Arc<SerialDevice>,
     pub boot_timer: Arc<BootTimer>,
     pub cmos: Arc<Cmos>,
+    pub generation: Arc<VmGeneration>,
     pub disks: Vec<Arc<BlockMetrics>>,
     pub nets: Vec<Arc<NetMetrics>>,
     /// The devices themselves, for run-time changes (rate limits).
@@ -264,6 +271,17 @@ pub(crate) fn setup(
     io.pio
         .insert(BOOT_TIMER_PORT, 1, boot_timer.clone() as Arc<dyn BusDevice>)?;
 
+    // A new generation at every boot and restore: a restored guest learns
+    // it is a new machine (docs/AGENT.md).
+    let generation = Arc::new(VmGeneration::new(
+        Generation::fresh().ok_or(DeviceError::Entropy)?,
+    ));
+    io.pio.insert(
+        VM_GENERATION_PORT,
+        VM_GENERATION_LEN,
+        generation.clone() as Arc<dyn BusDevice>,
+    )?;
+
     b.irqfds.push(com1_irq);
 
     let mut disks = Vec::with_capacity(config.disks.len());
@@ -319,6 +337,7 @@ pub(crate) fn setup(
             serial,
             boot_timer,
             cmos,
+            generation,
             disks,
             nets,
             blocks,

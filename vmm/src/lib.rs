@@ -54,7 +54,11 @@ pub mod test_hooks;
 mod vm;
 mod vsock;
 
-pub use agent::{command, AgentClient, AgentError, Exec, ExecOutput, DEFAULT_AGENT_PORT};
+pub use agent::{
+    AgentClient, AgentError, Command, DirEntry, Endpoint, ExecOutput, ExitStatus, FileKind, FileStat,
+    GuestErrorKind, Process, ProcessInfo, ProcessOutput, ProcessState, ProcessStdin, RefreshOutcome,
+    Refreshed, DEFAULT_AGENT_PORT,
+};
 pub use boot::BootError;
 pub use config::{
     BootProtocol, ConfigError, DiskConfig, DiskFactory, MemoryBacking, NetConfig, NetFactory, ResourceLimits,

@@ -42,6 +42,9 @@ pub struct Vm {
     pub(crate) runner: Runner,
     pub(crate) run_state: Arc<RunState>,
     pub(crate) devices: Devices,
+    /// After a restore: the thread that refreshes the guest agent. Dropped
+    /// after the devices (so its connection attempt fails at once).
+    pub(crate) refresh: Option<crate::agent::refresh::RefreshHook>,
     pub(crate) kvm_vm: KvmVm,
     pub(crate) memory: GuestMemoryMmap,
     pub(crate) config: VmConfig,
@@ -188,6 +191,12 @@ impl Vm {
     /// while the `Vm` lives; do not close it.
     pub fn exit_fd(&self) -> RawFd {
         self.run_state.exit_evt().as_raw_fd()
+    }
+
+    /// The VM generation the guest sees on its generation ports: new at
+    /// every boot, restore and fork (docs/AGENT.md).
+    pub fn generation(&self) -> u64 {
+        self.devices.generation.generation()
     }
 
     /// The configuration this VM runs with (after restore overrides).

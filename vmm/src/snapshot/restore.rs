@@ -9,6 +9,8 @@ use hearth_devices::legacy::boot_timer::process_cpu_time;
 use kvm_ioctls::Cap;
 
 use super::{cpu_check, memory, RestoreMemory, Snapshot, SnapshotError, MEMORY_FILE};
+use crate::agent::refresh::RefreshHook;
+use crate::agent::DEFAULT_AGENT_PORT;
 use crate::assemble::{prepare_host, Assembly};
 use crate::config::{DiskConfig, NetConfig, SerialOutput};
 use crate::error::Error;
@@ -35,6 +37,12 @@ pub struct RestoreOptions {
     pub nets: BTreeMap<usize, NetConfig>,
     /// seccomp mode (default: what the snapshot recorded).
     pub seccomp: Option<SeccompMode>,
+    /// Do not send the guest agent REFRESH after the restore (by default
+    /// a VM with vsock gets it, so its agent reseeds the guest's RNG and
+    /// sets its clock at once; docs/AGENT.md).
+    pub skip_agent_refresh: bool,
+    /// The agent's vsock port (default 52).
+    pub agent_port: Option<u32>,
 }
 
 impl RestoreOptions {
@@ -75,6 +83,16 @@ impl RestoreOptions {
     /// Replaces disk `index`.
     pub fn disk(mut self, index: usize, disk: DiskConfig) -> Self {
         self.disks.insert(index, disk);
+        self
+    }
+    /// Whether to skip the agent refresh after the restore.
+    pub fn skip_agent_refresh(mut self, skip: bool) -> Self {
+        self.skip_agent_refresh = skip;
+        self
+    }
+    /// The guest agent's vsock port.
+    pub fn agent_port(mut self, port: u32) -> Self {
+        self.agent_port = Some(port);
         self
     }
 }
@@ -129,8 +147,15 @@ impl Snapshot {
         }
         vm_state::restore(parts.kvm_vm.fd(), &state.vm).map_err(SnapshotError::VmState)?;
         let cpuids = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
-        let vm = parts.launch(vcpus, cpuids, config, options.paused)?;
+        let mut vm = parts.launch(vcpus, cpuids, config, options.paused)?;
         log::debug!("VM restored in {} us", t0.0.elapsed().as_micros());
+        if let (Some(v), false) = (&vm.config.vsock, options.skip_agent_refresh) {
+            let port = options.agent_port.unwrap_or(DEFAULT_AGENT_PORT);
+            match RefreshHook::start(v.uds_path.clone(), port, t0.0) {
+                Ok(hook) => vm.refresh = Some(hook),
+                Err(e) => log::warn!("cannot start the agent refresh thread: {e}"),
+            }
+        }
         Ok(vm)
     }
 }
