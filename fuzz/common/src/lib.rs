@@ -18,6 +18,7 @@ pub mod limiter;
 pub mod ring;
 mod targets;
 
+pub use targets::agent_frames::agent_frames;
 pub use targets::cmdline::cmdline;
 pub use targets::config_json::config_json;
 pub use targets::mmio_transport::mmio_transport;
@@ -33,7 +34,7 @@ pub type Target = fn(&[u8]);
 
 /// Every target, by name (the names of `fuzz/fuzz_targets/*.rs` and of
 /// the corpus directories).
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("mmio_transport", mmio_transport),
     ("virtio_blk", virtio_blk),
     ("virtio_net_tx", virtio_net_tx),
@@ -43,6 +44,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("snapshot_state_decode", snapshot_state_decode),
     ("config_json", config_json),
     ("cmdline", cmdline),
+    ("agent_frames", agent_frames),
 ];
 
 /// An interrupt line that goes nowhere.

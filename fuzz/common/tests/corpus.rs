@@ -109,4 +109,5 @@ target_tests!(
     snapshot_state_decode,
     config_json,
     cmdline,
+    agent_frames,
 );

@@ -1,5 +1,6 @@
 //! One module per fuzz target.
 
+pub mod agent_frames;
 pub mod cmdline;
 pub mod config_json;
 pub mod mmio_transport;
