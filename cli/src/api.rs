@@ -4,6 +4,8 @@
 //! ```text
 //! {"cmd":"status"}                 {"ok":true,"state":"running"}
 //! {"cmd":"pause"}                  {"ok":true}
+//! {"cmd":"pause","sync":true}      {"ok":true,"synced":true}   (the guest agent syncs its
+//!                                  file systems first, so a snapshot's disk and memory agree)
 //! {"cmd":"snapshot","dir":"/s"}    {"ok":true,"state_bytes":..,"memory_written":..,"ms":..}
 //! {"cmd":"resume"}                 {"ok":true}
 //! {"cmd":"disk_rate_limit","index":0,"limit":{"bandwidth":{"size":1048576,"refill_time_ms":1000}}}
@@ -28,7 +30,11 @@ use serde_json::{json, Value};
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 enum Command {
     Status,
-    Pause,
+    Pause {
+        /// Ask the guest agent to sync its file systems first.
+        #[serde(default)]
+        sync: bool,
+    },
     Resume,
     Snapshot {
         dir: PathBuf,
@@ -49,6 +55,9 @@ enum Command {
     },
     Stop,
 }
+
+/// How long the guest agent may take to sync before a pause goes ahead.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Writes one reply line with a single write.
 fn send(out: &mut impl Write, value: &Value) -> std::io::Result<()> {
@@ -81,7 +90,18 @@ fn reply(vm: &Vm, cmd: Command) -> Value {
             };
             return json!({"ok": true, "state": state});
         }
-        Command::Pause => vm.pause().map(|()| json!({"ok": true})),
+        Command::Pause { sync: false } => vm.pause().map(|()| json!({"ok": true})),
+        Command::Pause { sync: true } => {
+            // A guest without the agent still pauses; the reply says so.
+            let synced = vm
+                .agent()
+                .and_then(|a| a.timeout(Some(SYNC_TIMEOUT)).sync())
+                .map_err(|e| e.to_string());
+            vm.pause().map(|()| match synced {
+                Ok(()) => json!({"ok": true, "synced": true}),
+                Err(e) => json!({"ok": true, "synced": false, "sync_error": e}),
+            })
+        }
         Command::Resume => vm.resume().map(|()| json!({"ok": true})),
         Command::Snapshot { dir } => vm.snapshot(&dir).map(|i| {
             json!({

@@ -103,6 +103,12 @@ fn twenty_clones_run_independently_and_share_memory() {
         .1
         .wait_for(&format!("COUNT {}\n", other + 5), GUEST_TIMEOUT));
     assert_eq!(counts(&clones[0].1.text()).last().copied().unwrap(), frozen);
+    // Each clone is a new machine: its own VM generation (the ports a
+    // guest agent reads to reseed its RNG and set its clock).
+    let mut generations: Vec<u64> = clones.iter().map(|(vm, _)| vm.generation()).collect();
+    generations.sort_unstable();
+    generations.dedup();
+    assert_eq!(generations.len(), 20, "clones share a generation");
     let (pss1, anon1) = pss_and_anon_kib();
     let naive = 20 * guest_mib * 1024;
     eprintln!(

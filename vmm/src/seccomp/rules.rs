@@ -116,6 +116,9 @@ const EVENT_LOOP: &[i64] = &[
 /// KVM ioctls and write the snapshot files.
 const API: &[i64] = &[
     libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_setsockopt,
+    libc::SYS_shutdown,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_pread64,
@@ -219,6 +222,9 @@ pub(super) fn rules(kind: ThreadKind) -> Rules {
         }
         ThreadKind::Api => {
             allow(&mut r, API);
+            // `pause` with `sync` asks the guest agent through the VM's
+            // vsock socket.
+            one_of(&mut r, libc::SYS_socket, 0, &[libc::AF_UNIX as u64]);
             one_of(&mut r, libc::SYS_ioctl, 1, API_IOCTLS);
             one_of(&mut r, libc::SYS_ioctl, 1, &[FIONBIO]);
             one_of(&mut r, libc::SYS_fcntl, 1, &fcntl_ops);
