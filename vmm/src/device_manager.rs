@@ -16,8 +16,8 @@ use hearth_devices::legacy::{
     BootTimer, Cmos, Generation, SerialDevice, SerialInput, VmGeneration, BOOT_TIMER_PORT, I8042,
     VM_GENERATION_LEN, VM_GENERATION_PORT,
 };
-use hearth_devices::virtio::block::{Block, BlockMetrics, BlockOptions, DiskError};
-use hearth_devices::virtio::net::{Net, NetError, NetMetrics, TapError};
+use hearth_devices::virtio::block::{Block, BlockOptions, DiskError};
+use hearth_devices::virtio::net::{Net, NetError, TapError};
 use hearth_devices::virtio::vsock::{Vsock, VsockError};
 use hearth_devices::virtio::{
     MmioTransport, VirtioDevice, VirtioInterrupt, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET,
@@ -32,6 +32,7 @@ use crate::kvm::vcpu::IoBuses;
 use crate::kvm::vm::KvmVm;
 use crate::kvm::KvmError;
 use crate::memory::GuestMemoryMmap;
+use crate::registry::{Entry, Handle, Registry};
 use crate::serial_output::SerialWriter;
 use crate::snapshot::state::DevicesState;
 
@@ -90,6 +91,20 @@ pub enum DeviceError {
     /// Saved device state does not fit the devices being restored.
     #[error("saved device state does not match the configuration: {0}")]
     Restore(String),
+    /// The snapshot has a device the configuration lacks.
+    #[error("the snapshot has device {0}, which the configuration does not")]
+    NotInConfig(String),
+    /// The configuration has a device the snapshot lacks.
+    #[error("device {0} is not in the snapshot (devices cannot be added at restore)")]
+    NotInSnapshot(String),
+    /// A device refused its saved state.
+    #[error("device {id}: {source}")]
+    RestoreDevice {
+        /// The device's id.
+        id: String,
+        /// Why.
+        source: hearth_devices::virtio::persist::RestoreError,
+    },
     /// More virtio devices than IRQs.
     #[error("too many virtio devices: at most {0}")]
     TooManyDevices(u32),
@@ -105,13 +120,8 @@ pub(crate) struct Devices {
     pub boot_timer: Arc<BootTimer>,
     pub cmos: Arc<Cmos>,
     pub generation: Arc<VmGeneration>,
-    pub disks: Vec<Arc<BlockMetrics>>,
-    pub nets: Vec<Arc<NetMetrics>>,
-    /// The devices themselves, for run-time changes (rate limits).
-    pub blocks: Vec<Arc<Mutex<Block>>>,
-    pub net_devices: Vec<Arc<Mutex<Net>>>,
-    /// Virtio transports in MMIO slot order (disks, nets, then vsock).
-    pub transports: Vec<Arc<MmioTransport>>,
+    /// The virtio devices, in MMIO slot order (disks, nets, then vsock).
+    pub virtio: Registry,
     /// irqfds stay open as long as the VM.
     _irqfds: Vec<EventFd>,
 }
@@ -176,12 +186,13 @@ struct Builder<'a> {
     cmdline_extra: Vec<String>,
     irqfds: Vec<EventFd>,
     slots: VirtioSlots,
-    transports: Vec<Arc<MmioTransport>>,
+    registry: Registry,
 }
 
 impl Builder<'_> {
-    /// Wires a virtio device: MMIO window, irqfd, ioeventfds, command line.
-    fn add_virtio<D>(&mut self, device: Arc<Mutex<D>>) -> Result<(), DeviceError>
+    /// Wires a virtio device: MMIO window, irqfd, ioeventfds, command
+    /// line; returns its transport.
+    fn add_virtio<D>(&mut self, device: Arc<Mutex<D>>) -> Result<Arc<MmioTransport>, DeviceError>
     where
         D: VirtioDevice + event_manager::MutEventSubscriber + 'static,
     {
@@ -203,10 +214,9 @@ impl Builder<'_> {
             MmioTransport::new(device.clone(), self.mem.clone(), interrupt).map_err(DeviceError::EventFd)?,
         );
         self.io.mmio.insert(addr, MMIO_WINDOW_SIZE, transport.clone())?;
-        self.transports.push(transport);
         self.cmdline_extra.push(virtio_mmio_cmdline_entry(addr, irq));
         self.subscribers.push(device);
-        Ok(())
+        Ok(transport)
     }
 }
 
@@ -228,7 +238,7 @@ pub(crate) fn setup(
         cmdline_extra: Vec::new(),
         irqfds: Vec::new(),
         slots: VirtioSlots::default(),
-        transports: Vec::new(),
+        registry: Registry::default(),
     };
     let io = &mut b.io;
     let subscribers = &mut b.subscribers;
@@ -284,52 +294,61 @@ pub(crate) fn setup(
 
     b.irqfds.push(com1_irq);
 
-    let mut disks = Vec::with_capacity(config.disks.len());
-    let mut blocks = Vec::with_capacity(config.disks.len());
-    for disk in &config.disks {
+    for (i, disk) in config.disks.iter().enumerate() {
         let options = BlockOptions {
             read_only: disk.read_only,
             id: disk.id.clone().unwrap_or_default(),
             rate_limit: disk.rate_limit,
         };
         let block = Block::new(disk.open()?, &options).map_err(DeviceError::EventFd)?;
-        disks.push(block.metrics());
+        let metrics = block.metrics();
         let block = Arc::new(Mutex::new(block));
-        blocks.push(block.clone());
-        b.add_virtio(block)?;
+        let transport = b.add_virtio(block.clone())?;
+        b.registry.push(Entry {
+            id: format!("disk{i}"),
+            transport,
+            handle: Handle::Block(block),
+            block_metrics: Some(metrics),
+            net_metrics: None,
+        });
     }
 
-    let mut nets = Vec::with_capacity(config.nets.len());
-    let mut net_devices = Vec::with_capacity(config.nets.len());
-    for net in &config.nets {
+    for (i, net) in config.nets.iter().enumerate() {
         let mut options = net
             .options()
             .map_err(|e| DeviceError::Restore(format!("net {}: {e}", net.tap)))?;
         options.backlog = (config.limits.net_backlog_frames, config.limits.net_backlog_bytes);
         let dev = Net::new(net.open()?, &options)?;
-        nets.push(dev.metrics());
+        let metrics = dev.metrics();
         let dev = Arc::new(Mutex::new(dev));
-        net_devices.push(dev.clone());
-        b.add_virtio(dev)?;
+        let transport = b.add_virtio(dev.clone())?;
+        b.registry.push(Entry {
+            id: format!("net{i}"),
+            transport,
+            handle: Handle::Net(dev),
+            block_metrics: None,
+            net_metrics: Some(metrics),
+        });
     }
 
     if let Some(v) = &config.vsock {
-        let vsock = Vsock::new(v.guest_cid, &v.uds_path, config.limits.vsock())?;
-        b.add_virtio(Arc::new(Mutex::new(vsock)))?;
+        let vsock = Arc::new(Mutex::new(Vsock::new(
+            v.guest_cid,
+            &v.uds_path,
+            config.limits.vsock(),
+        )?));
+        let transport = b.add_virtio(vsock.clone())?;
+        b.registry.push(Entry {
+            id: "vsock".into(),
+            transport,
+            handle: Handle::Vsock(vsock),
+            block_metrics: None,
+            net_metrics: None,
+        });
     }
 
     if let Some(s) = saved {
-        if s.virtio.len() != b.transports.len() {
-            return Err(DeviceError::Restore(format!(
-                "the snapshot has {} virtio devices, the configuration {}",
-                s.virtio.len(),
-                b.transports.len()
-            )));
-        }
-        for (i, (t, snap)) in b.transports.iter().zip(&s.virtio).enumerate() {
-            t.restore(snap)
-                .map_err(|e| DeviceError::Restore(format!("virtio device {i}: {e}")))?;
-        }
+        b.registry.restore(&s.virtio)?;
     }
 
     Ok(DeviceSetup {
@@ -338,11 +357,7 @@ pub(crate) fn setup(
             boot_timer,
             cmos,
             generation,
-            disks,
-            nets,
-            blocks,
-            net_devices,
-            transports: b.transports,
+            virtio: b.registry,
             _irqfds: b.irqfds,
         },
         io: b.io,

@@ -44,6 +44,7 @@ mod memory;
 mod metrics;
 mod net;
 mod rate_limits;
+mod registry;
 mod runner;
 pub mod seccomp;
 mod serial_output;
@@ -77,7 +78,7 @@ pub use hearth_devices::virtio::net::{GuestOffloads, MemoryNet, NetBackend, NetC
 pub use kvm::vcpu::VcpuError;
 pub use kvm::KvmError;
 pub use memory::MemoryError;
-pub use metrics::{DeviceProblems, VmMetrics};
+pub use metrics::{DeviceProblems, VmMetrics, VsockCounters};
 pub use seccomp::SeccompMode;
 pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
 pub use snapshot::{

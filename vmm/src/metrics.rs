@@ -21,25 +21,32 @@ pub struct VmMetrics {
     /// (disks, nets, vsock): how many, and how many were not logged
     /// (docs/LIMITS.md, "Logs").
     pub guest_problems: Vec<DeviceProblems>,
+    /// The vsock device's connections, if it has one.
+    pub vsock: Option<VsockCounters>,
+}
+
+/// The vsock device's state now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct VsockCounters {
+    /// Live connections.
+    pub connections: u64,
+    /// Host clients in their `CONNECT` handshake.
+    pub pending_clients: u64,
+    /// Guest data buffered for host sockets, in bytes.
+    pub buffered_bytes: u64,
+    /// RSTs waiting for guest rx buffers.
+    pub control_backlog: u64,
 }
 
 /// One virtio device's guest-triggered problems.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct DeviceProblems {
-    /// "block", "net" or "vsock".
+    /// The device's id: `disk<N>`, `net<N>` or `vsock`.
     pub device: String,
     /// The counters.
     pub counters: GuestLogCounters,
-}
-
-fn device_name(device_type: u32) -> &'static str {
-    match device_type {
-        1 => "net",
-        2 => "block",
-        19 => "vsock",
-        _ => "other",
-    }
 }
 
 impl Vm {
@@ -50,13 +57,24 @@ impl Vm {
             nets: self.net_counters(),
             guest_problems: self
                 .devices
-                .transports
+                .virtio
+                .entries()
                 .iter()
-                .map(|t| DeviceProblems {
-                    device: device_name(t.device_type()).to_string(),
-                    counters: t.guest_log().counters(),
+                .map(|e| DeviceProblems {
+                    device: e.id.clone(),
+                    counters: e.transport.guest_log().counters(),
                 })
                 .collect(),
+            vsock: self.devices.virtio.vsock().map(|v| {
+                let v = v.lock().unwrap_or_else(|p| p.into_inner());
+                let m = v.muxer();
+                VsockCounters {
+                    connections: m.connection_count() as u64,
+                    pending_clients: m.pending_client_count() as u64,
+                    buffered_bytes: m.buffered_bytes() as u64,
+                    control_backlog: m.control_backlog() as u64,
+                }
+            }),
         }
     }
 }

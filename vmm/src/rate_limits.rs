@@ -1,6 +1,6 @@
 //! Changing a running VM's device rate limits.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use hearth_devices::rate_limiter::RateLimit;
 
@@ -13,14 +13,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn device<'a, T>(list: &'a [Arc<Mutex<T>>], kind: &'static str, index: usize) -> Result<&'a Mutex<T>, Error> {
-    list.get(index).map(|d| &**d).ok_or(Error::NoSuchDevice {
-        kind,
-        index,
-        count: list.len(),
-    })
-}
-
 impl Vm {
     /// Replaces disk `index`'s limits (config order). A request the old
     /// limits held back is retried at once under the new ones.
@@ -29,7 +21,7 @@ impl Vm {
             index,
             why: format!("rate_limit: {e}"),
         })?;
-        lock(device(&self.devices.blocks, "disk", index)?).set_rate_limit(limit);
+        self.devices.virtio.block(index)?.set_rate_limit(limit);
         Ok(())
     }
 
@@ -41,7 +33,7 @@ impl Vm {
                 why: format!("{what}: {e}"),
             })?;
         }
-        lock(device(&self.devices.net_devices, "net", index)?).set_rate_limits(rx, tx);
+        self.devices.virtio.net(index)?.set_rate_limits(rx, tx);
         Ok(())
     }
 }
@@ -49,10 +41,10 @@ impl Vm {
 impl Devices {
     /// Writes the limits in force into `config` (a snapshot records them).
     pub(crate) fn record_rate_limits(&self, config: &mut VmConfig) {
-        for (disk, dev) in config.disks.iter_mut().zip(&self.blocks) {
+        for (disk, dev) in config.disks.iter_mut().zip(self.virtio.blocks()) {
             disk.rate_limit = lock(dev).rate_limit();
         }
-        for (net, dev) in config.nets.iter_mut().zip(&self.net_devices) {
+        for (net, dev) in config.nets.iter_mut().zip(self.virtio.nets()) {
             (net.rx_rate_limit, net.tx_rate_limit) = lock(dev).rate_limits();
         }
     }

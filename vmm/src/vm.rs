@@ -173,12 +173,12 @@ impl Vm {
 
     /// Counters of each disk, in config order.
     pub fn disk_counters(&self) -> Vec<BlockCounters> {
-        self.devices.disks.iter().map(|m| m.snapshot()).collect()
+        self.devices.virtio.disk_counters()
     }
 
     /// Counters of each network interface, in config order.
     pub fn net_counters(&self) -> Vec<NetCounters> {
-        self.devices.nets.iter().map(|m| m.snapshot()).collect()
+        self.devices.virtio.net_counters()
     }
 
     /// Queues bytes on the guest's serial input; returns how many fitted.

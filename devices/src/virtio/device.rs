@@ -63,13 +63,16 @@ pub trait VirtioDevice: Send {
     /// Called once the device was activated from restored state, before
     /// the guest runs (e.g. vsock tells the guest its connections are gone).
     fn restored(&mut self) {}
-    /// The device's own state, for a snapshot.
-    fn save_device(&self) -> Option<super::persist::DeviceSnapshot> {
+    /// The device's own state, for a snapshot (its `persist` module).
+    fn save_device(&self) -> Option<super::persist::DeviceState> {
         None
     }
     /// Takes saved device state before activation; refuses state that
-    /// does not fit (the text says why).
-    fn restore_device(&mut self, _state: &super::persist::DeviceSnapshot) -> Result<(), String> {
+    /// does not fit, with the device's own typed error.
+    fn restore_device(
+        &mut self,
+        _state: &super::persist::DeviceState,
+    ) -> Result<(), super::persist::DeviceRestoreError> {
         Ok(())
     }
 }

@@ -195,6 +195,7 @@ impl MmioTransport {
             needs_reset: inner.interrupt.needs_reset(),
             queues,
             device: device.save_device(),
+            id: None,
         }
     }
 
@@ -236,9 +237,7 @@ impl MmioTransport {
             });
         }
         if let Some(state) = &snap.device {
-            lock(&inner.device)
-                .restore_device(state)
-                .map_err(RestoreError::Device)?;
+            lock(&inner.device).restore_device(state)?;
         }
         let active = snap.status & status::DRIVER_OK != 0 && !snap.needs_reset;
         let mut queues = Vec::with_capacity(max_sizes.len());

@@ -13,6 +13,8 @@ pub mod mmio;
 pub mod net;
 pub mod persist;
 pub mod placement;
+#[cfg(test)]
+mod roundtrip_tests;
 pub mod status;
 pub mod vsock;
 

@@ -68,30 +68,71 @@ pub struct TransportSnapshot {
     pub queues: Vec<QueueSnapshot>,
     /// The device's own state (format 1.1 and later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<DeviceSnapshot>,
+    pub device: Option<DeviceState>,
+    /// The device's id in the VM (format 1.2 and later): restore pairs
+    /// saved state with devices by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
-/// A device's own state, beyond its transport and queues.
+/// A device's own state, beyond its transport and queues: the device
+/// kind's name and the state that kind's `persist` module writes and
+/// reads (`block::persist`, `vsock::persist`, `net::persist`), as JSON.
+///
+/// Encoded as `{"<kind>": <state>}`, which is also how format 1.1 wrote
+/// its (closed) enum of device states, so 1.1 snapshots still load.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceSnapshot {
-    /// virtio-blk: what the guest was told about the disk, which the disk
-    /// it is restored onto must match.
-    Block {
-        /// Size in 512-byte sectors.
-        capacity_sectors: u64,
-        /// Offered read-only.
-        read_only: bool,
+#[serde(transparent)]
+pub struct DeviceState(std::collections::BTreeMap<String, serde_json::Value>);
+
+/// Why a device's own saved state cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PersistError {
+    /// The state is another kind of device's.
+    #[error("saved state is a {found} device's, not a {expected} device's")]
+    WrongKind {
+        /// The kind reading it.
+        expected: &'static str,
+        /// What the state says.
+        found: String,
     },
-    /// virtio-vsock: connections do not survive a snapshot, but the host
-    /// must not reuse the local ports of connections the guest may still
-    /// hold.
-    Vsock {
-        /// The guest's CID.
-        guest_cid: u64,
-        /// The next local port the host side would use.
-        next_local_port: u32,
+    /// The state does not decode as the kind's fields.
+    #[error("{kind} state does not decode: {reason}")]
+    Decode {
+        /// The kind.
+        kind: &'static str,
+        /// Why.
+        reason: String,
     },
+}
+
+impl DeviceState {
+    /// `state` of device kind `kind`.
+    pub fn new<T: Serialize>(kind: &'static str, state: &T) -> Self {
+        let value = serde_json::to_value(state).unwrap_or(serde_json::Value::Null);
+        Self(std::iter::once((kind.to_string(), value)).collect())
+    }
+
+    /// The kind's name.
+    pub fn kind(&self) -> &str {
+        self.0.keys().next().map_or("", String::as_str)
+    }
+
+    /// Reads the state as kind `kind`'s.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, kind: &'static str) -> Result<T, PersistError> {
+        match self.0.iter().next() {
+            Some((k, v)) if k == kind && self.0.len() == 1 => {
+                T::deserialize(v).map_err(|e| PersistError::Decode {
+                    kind,
+                    reason: e.to_string(),
+                })
+            }
+            _ => Err(PersistError::WrongKind {
+                expected: kind,
+                found: self.kind().to_string(),
+            }),
+        }
+    }
 }
 
 /// Why restored device state was refused.
@@ -132,9 +173,29 @@ pub enum RestoreError {
     },
     /// The device's own state does not fit the device (e.g. a disk of
     /// another size).
-    #[error("{0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] DeviceRestoreError),
     /// The device refused to go live.
     #[error("the device failed to activate: {0}")]
     Activate(String),
+}
+
+/// A device refused its own saved state: the reason, typed by the device.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DeviceRestoreError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl PartialEq for DeviceRestoreError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for DeviceRestoreError {}
+
+impl DeviceRestoreError {
+    /// Wraps a device's typed error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(e))
+    }
 }

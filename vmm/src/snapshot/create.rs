@@ -56,7 +56,7 @@ impl Vm {
         let devices = DevicesState {
             serial: self.devices.serial.save(),
             cmos: self.devices.cmos.save(),
-            virtio: self.devices.transports.iter().map(|t| t.save()).collect(),
+            virtio: self.devices.virtio.save(),
         };
         let mut config = self.config.clone();
         self.devices.record_rate_limits(&mut config);

@@ -23,7 +23,7 @@ pub const MAGIC: [u8; 8] = *b"HEARTHSN";
 /// The format this build writes.
 pub const VERSION_MAJOR: u16 = 1;
 /// The minor revision this build writes.
-pub const VERSION_MINOR: u16 = 1;
+pub const VERSION_MINOR: u16 = 2;
 /// Header size.
 pub const HEADER_LEN: usize = 32;
 /// The largest state file accepted.

@@ -18,7 +18,7 @@ use crate::guest_log::GuestLog;
 use crate::rate_limiter::RateLimit;
 use crate::throttle::Throttle;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
-use crate::virtio::persist::DeviceSnapshot;
+use crate::virtio::persist::{DeviceRestoreError, DeviceState};
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::GuestMemoryMmap;
 
@@ -138,6 +138,11 @@ impl Block {
         self.active.is_some()
     }
 
+    /// The request limits (capacity, read-only).
+    pub fn limits(&self) -> &super::request::Limits {
+        self.handler.limits()
+    }
+
     /// The rate limits in force.
     pub fn rate_limit(&self) -> RateLimit {
         self.throttle.config()
@@ -244,41 +249,12 @@ impl VirtioDevice for Block {
         })
     }
 
-    fn save_device(&self) -> Option<DeviceSnapshot> {
-        let limits = self.handler.limits();
-        Some(DeviceSnapshot::Block {
-            capacity_sectors: limits.capacity_sectors,
-            read_only: limits.read_only,
-        })
+    fn save_device(&self) -> Option<DeviceState> {
+        Some(self.save_state())
     }
 
-    fn restore_device(&mut self, state: &DeviceSnapshot) -> Result<(), String> {
-        let DeviceSnapshot::Block {
-            capacity_sectors,
-            read_only,
-        } = *state
-        else {
-            return Err("saved state is not a block device's".into());
-        };
-        let limits = self.handler.limits();
-        if limits.capacity_sectors != capacity_sectors {
-            return Err(format!(
-                "the disk has {} sectors; the snapshot's disk had {capacity_sectors}",
-                limits.capacity_sectors
-            ));
-        }
-        if limits.read_only != read_only {
-            return Err(format!(
-                "the disk is {}; the snapshot's disk was {}",
-                if limits.read_only {
-                    "read-only"
-                } else {
-                    "read-write"
-                },
-                if read_only { "read-only" } else { "read-write" }
-            ));
-        }
-        Ok(())
+    fn restore_device(&mut self, state: &DeviceState) -> Result<(), DeviceRestoreError> {
+        self.check_state(state)
     }
 
     fn reset(&mut self) {

@@ -12,6 +12,7 @@ pub mod device;
 mod event_handler;
 pub mod handler;
 pub mod metrics;
+pub mod persist;
 pub mod request;
 
 pub use backend::{DiskBackend, DiskError, FileDisk, MemoryDisk};

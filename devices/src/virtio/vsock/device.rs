@@ -17,7 +17,7 @@ use super::defs::{Header, EVENT_TRANSPORT_RESET, MAX_PKT_DATA};
 use super::muxer::{Muxer, MuxerError, VsockLimits, RESET_ACK_TIMEOUT};
 use crate::guest_log::GuestLog;
 use crate::virtio::device::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
-use crate::virtio::persist::DeviceSnapshot;
+use crate::virtio::persist::{DeviceRestoreError, DeviceState};
 use crate::virtio::TURN_CHAINS;
 use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::GuestMemoryMmap;
@@ -146,6 +146,10 @@ impl Vsock {
     /// The muxer (for tests and metrics).
     pub fn muxer(&self) -> &Muxer {
         &self.muxer
+    }
+
+    pub(super) fn muxer_mut(&mut self) -> &mut Muxer {
+        &mut self.muxer
     }
 
     /// Whether the driver activated the device.
@@ -428,29 +432,12 @@ impl VirtioDevice for Vsock {
             .map(|a| a.queues.iter().map(|q| q.state()).collect())
     }
 
-    fn save_device(&self) -> Option<DeviceSnapshot> {
-        Some(DeviceSnapshot::Vsock {
-            guest_cid: self.cid,
-            next_local_port: self.muxer.next_local_port(),
-        })
+    fn save_device(&self) -> Option<DeviceState> {
+        Some(self.save_state())
     }
 
-    fn restore_device(&mut self, state: &DeviceSnapshot) -> Result<(), String> {
-        let DeviceSnapshot::Vsock {
-            guest_cid,
-            next_local_port,
-        } = *state
-        else {
-            return Err("saved state is not a vsock device's".into());
-        };
-        if guest_cid != self.cid {
-            return Err(format!(
-                "the guest CID is {}; the snapshot's was {guest_cid}",
-                self.cid
-            ));
-        }
-        self.muxer.set_next_local_port(next_local_port);
-        Ok(())
+    fn restore_device(&mut self, state: &DeviceState) -> Result<(), DeviceRestoreError> {
+        self.load_state(state)
     }
 
     fn restored(&mut self) {

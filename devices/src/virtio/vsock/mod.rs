@@ -14,6 +14,7 @@ pub mod device;
 mod event_handler;
 pub mod handshake;
 pub mod muxer;
+pub mod persist;
 #[cfg(test)]
 mod tests;
 
