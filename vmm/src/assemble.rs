@@ -111,6 +111,7 @@ impl Assembly {
             run_state: self.run_state,
             devices,
             refresh: None,
+            origin: None,
             kvm_vm: self.kvm_vm,
             memory: self.memory,
             config,

@@ -82,8 +82,8 @@ pub use metrics::{DeviceProblems, VmMetrics, VsockCounters};
 pub use seccomp::SeccompMode;
 pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
 pub use snapshot::{
-    FormatError, RestoreMemory, RestoreOptions, Snapshot, SnapshotError, SnapshotInfo, MEMORY_FILE,
-    STATE_FILE,
+    FormatError, RestoreMemory, RestoreOptions, Snapshot, SnapshotError, SnapshotInfo, SnapshotOptions,
+    MAX_DIFF_DEPTH, MEMORY_FILE, STATE_FILE,
 };
 pub use vm::Vm;
 pub use vsock::VsockConnectError;

@@ -45,6 +45,9 @@ pub struct Vm {
     /// After a restore: the thread that refreshes the guest agent. Dropped
     /// after the devices (so its connection attempt fails at once).
     pub(crate) refresh: Option<crate::agent::refresh::RefreshHook>,
+    /// For a VM restored lazily from a snapshot: what a diff snapshot of it
+    /// refers to.
+    pub(crate) origin: Option<crate::snapshot::create::Origin>,
     pub(crate) kvm_vm: KvmVm,
     pub(crate) memory: GuestMemoryMmap,
     pub(crate) config: VmConfig,

@@ -2,6 +2,12 @@
 //! ranges back to back), holding only pages that are non-zero. Pages the
 //! guest never touched and pages of zeros stay holes, so a 128 MiB guest
 //! that used 10 MiB writes about 10 MiB.
+//!
+//! A **diff** snapshot's memory file holds only the pages written since
+//! the VM was restored from its parent (the kernel knows them: see
+//! [`pagemap`](super::pagemap)), back to back, with the state listing
+//! where each run goes. Restore maps the full snapshot at the root of the
+//! chain, then each diff's runs over it, in order.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -13,6 +19,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::seek_hole::SeekHole;
 
+use super::state::Extent;
 use crate::arch::x86_64::layout::ram_ranges;
 use crate::memory::GuestMemoryMmap;
 
@@ -119,6 +126,159 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> io::Result<MemoryStats> {
         file_base += len as u64;
     }
     Ok(stats)
+}
+
+/// Writes the pages of `mem` written since it was mapped from its parent
+/// snapshot (zeros included: a page that became zero is a change) to
+/// `path`, back to back; returns the stats and the runs.
+pub fn save_diff(mem: &GuestMemoryMmap, path: &Path) -> io::Result<(MemoryStats, Vec<Extent>)> {
+    let size: u64 = mem.iter().map(|r| r.len()).sum();
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let mut stats = MemoryStats { size, written: 0 };
+    let mut extents: Vec<Extent> = Vec::new();
+    let mut file_base = 0u64;
+    let mut run = vec![0u8; RUN];
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let changed = super::pagemap::changed_pages(region.as_ptr() as usize, len)?;
+        let mut i = 0;
+        while i < changed.len() {
+            if !changed[i] {
+                i += 1;
+                continue;
+            }
+            let first = i;
+            while i < changed.len() && changed[i] && (i - first + 1) * PAGE <= RUN {
+                i += 1;
+            }
+            let n = (i - first) * PAGE;
+            let addr = GuestAddress(region.start_addr().0 + (first * PAGE) as u64);
+            mem.read_slice(&mut run[..n], addr)
+                .map_err(|e| invalid(format!("reading guest memory: {e}")))?;
+            file.write_all_at(&run[..n], stats.written)?;
+            let offset = file_base + (first * PAGE) as u64;
+            match extents.last_mut() {
+                Some(last) if last.offset + last.len == offset && last.at + last.len == stats.written => {
+                    last.len += n as u64;
+                }
+                _ => extents.push(Extent {
+                    offset,
+                    len: n as u64,
+                    at: stats.written,
+                }),
+            }
+            stats.written += n as u64;
+        }
+        file_base += len as u64;
+    }
+    Ok((stats, extents))
+}
+
+/// One memory file of a restore chain: the full snapshot at the root
+/// (`extents: None`), or a diff with its runs.
+#[derive(Clone, Debug)]
+pub(crate) struct MemoryLayer {
+    pub path: std::path::PathBuf,
+    pub extents: Option<Vec<Extent>>,
+}
+
+/// Mappings a lazy restore may add for diff runs; past it, runs are read
+/// into memory instead (the process has a mapping-count limit, 65 530 by
+/// default).
+pub(crate) const MAX_DIFF_MAPPINGS: usize = 4096;
+
+/// Where the flat-layout offset `offset` (a run of `len` bytes) is in
+/// `mem`: its host address, or `None` if the run is not inside one region.
+fn host_address(mem: &GuestMemoryMmap, offset: u64, len: u64) -> Option<*mut u8> {
+    let mut base = 0u64;
+    for region in mem.iter() {
+        let rlen = region.len();
+        if offset >= base && offset.checked_add(len)? <= base + rlen {
+            let within = usize::try_from(offset - base).ok()?;
+            // The region's mapping is at least `within + len` long.
+            return Some(region.as_ptr().wrapping_add(within));
+        }
+        base += rlen;
+    }
+    None
+}
+
+/// Applies a diff's runs over `mem`: maps them from the file (lazy,
+/// within `budget` mappings) or reads them in.
+fn apply_diff(mem: &GuestMemoryMmap, layer: &MemoryLayer, lazy: bool, budget: &mut usize) -> io::Result<()> {
+    let Some(extents) = &layer.extents else {
+        return Ok(());
+    };
+    let file = File::open(&layer.path)?;
+    let flat_to_guest = |offset: u64| -> Option<GuestAddress> {
+        let mut base = 0u64;
+        for region in mem.iter() {
+            if offset >= base && offset < base + region.len() {
+                return Some(GuestAddress(region.start_addr().0 + (offset - base)));
+            }
+            base += region.len();
+        }
+        None
+    };
+    for e in extents {
+        let host = host_address(mem, e.offset, e.len)
+            .ok_or_else(|| invalid(format!("diff run at {:#x} is outside guest memory", e.offset)))?;
+        let len = usize::try_from(e.len).map_err(|_| invalid("diff run too long".into()))?;
+        if lazy && *budget > 0 {
+            *budget -= 1;
+            // SAFETY: `host..host + len` lies inside a guest RAM mapping this
+            // function's caller created and still owns, page-aligned (the
+            // runs are whole pages, checked when the snapshot was opened),
+            // and nothing references those pages yet (no vCPU or device runs
+            // before restore completes). MAP_FIXED replaces that part of the
+            // private mapping with a private mapping of the diff file; the
+            // region's own munmap later covers it.
+            let p = unsafe {
+                libc::mmap(
+                    host.cast(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    i64::try_from(e.at).map_err(|_| invalid("diff offset too large".into()))?,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+        } else {
+            let addr = flat_to_guest(e.offset)
+                .ok_or_else(|| invalid(format!("diff run at {:#x} is outside guest memory", e.offset)))?;
+            let mut f = &file;
+            f.seek(SeekFrom::Start(e.at))?;
+            mem.read_exact_volatile_from(addr, &mut f, len)
+                .map_err(|err| invalid(format!("reading {}: {err}", layer.path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Maps (or reads) one full memory file already open (a fork's memfd).
+pub fn load_file(file: &File, size: u64, mode: RestoreMemory) -> io::Result<GuestMemoryMmap> {
+    let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file)));
+    load(&path, size, mode)
+}
+
+/// Maps (or reads) a chain of memory files, root first, as guest memory.
+pub fn load_chain(layers: &[MemoryLayer], size: u64, mode: RestoreMemory) -> io::Result<GuestMemoryMmap> {
+    let root = layers
+        .first()
+        .ok_or_else(|| invalid("no memory file in the snapshot chain".into()))?;
+    let mem = load(&root.path, size, mode)?;
+    let mut budget = MAX_DIFF_MAPPINGS;
+    for layer in &layers[1..] {
+        apply_diff(&mem, layer, mode == RestoreMemory::Lazy, &mut budget)?;
+    }
+    Ok(mem)
 }
 
 fn invalid(msg: String) -> io::Error {

@@ -8,7 +8,9 @@ use std::time::Instant;
 use hearth_devices::legacy::boot_timer::process_cpu_time;
 use kvm_ioctls::Cap;
 
-use super::{cpu_check, memory, RestoreMemory, Snapshot, SnapshotError, MEMORY_FILE};
+use super::create::Origin;
+use super::state::ParentRef;
+use super::{cpu_check, memory, mtime_ns, MemorySource, RestoreMemory, Snapshot, SnapshotError, MEMORY_FILE};
 use crate::agent::refresh::RefreshHook;
 use crate::agent::DEFAULT_AGENT_PORT;
 use crate::assemble::{prepare_host, Assembly};
@@ -136,8 +138,11 @@ impl Snapshot {
                 return Err(SnapshotError::CpuFeatures(gap).into());
             }
         }
-        let memory = memory::load(&self.dir.join(MEMORY_FILE), state.memory_bytes, options.memory)
-            .map_err(SnapshotError::Memory)?;
+        let memory = match &self.memory {
+            MemorySource::Files(layers) => memory::load_chain(layers, state.memory_bytes, options.memory),
+            MemorySource::Memfd(file) => memory::load_file(file, state.memory_bytes, options.memory),
+        }
+        .map_err(SnapshotError::Memory)?;
         let mut parts = Assembly::new(host, memory, &config, t0, Some(&state.devices))?;
         let vcpus = parts.create_vcpus(config.vcpus)?;
         let xsave_size = parts.kvm_vm.fd().check_extension_int(Cap::Xsave2).max(0) as usize;
@@ -148,6 +153,11 @@ impl Snapshot {
         vm_state::restore(parts.kvm_vm.fd(), &state.vm).map_err(SnapshotError::VmState)?;
         let cpuids = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
         let mut vm = parts.launch(vcpus, cpuids, config, options.paused)?;
+        // A lazily mapped VM knows which pages it writes from here on: a
+        // snapshot of it can be a diff of this one.
+        if let (MemorySource::Files(_), RestoreMemory::Lazy) = (&self.memory, options.memory) {
+            vm.origin = self.origin();
+        }
         log::debug!("VM restored in {} us", t0.0.elapsed().as_micros());
         if let (Some(v), false) = (&vm.config.vsock, options.skip_agent_refresh) {
             let port = options.agent_port.unwrap_or(DEFAULT_AGENT_PORT);
@@ -157,6 +167,23 @@ impl Snapshot {
             }
         }
         Ok(vm)
+    }
+}
+
+impl Snapshot {
+    /// What a diff snapshot of a VM restored from this one refers to.
+    fn origin(&self) -> Option<Origin> {
+        let dir = std::fs::canonicalize(self.dir()).ok()?;
+        let meta = std::fs::metadata(dir.join(MEMORY_FILE)).ok()?;
+        Some(Origin {
+            parent: ParentRef {
+                dir,
+                id: self.state.id,
+                memory_size: meta.len(),
+                memory_mtime_ns: mtime_ns(&meta),
+            },
+            depth: self.state.diff.as_ref().map_or(0, |d| d.depth),
+        })
     }
 }
 
