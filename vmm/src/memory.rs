@@ -48,7 +48,7 @@ pub enum MemoryError {
     },
 }
 
-fn memfd(size: u64) -> io::Result<File> {
+pub(crate) fn memfd(size: u64) -> io::Result<File> {
     // SAFETY: the name is a valid NUL-terminated string and the flags are
     // constants; the call creates a new descriptor and touches no memory.
     let fd = unsafe { libc::memfd_create(c"hearth-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };

@@ -84,12 +84,17 @@ fn candidate_pages<R: GuestMemoryRegion>(region: &R, host: *mut u8, len: usize) 
 
 /// Writes guest memory to `path` as a sparse file.
 pub fn save(mem: &GuestMemoryMmap, path: &Path) -> io::Result<MemoryStats> {
-    let size: u64 = mem.iter().map(|r| r.len()).sum();
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
+    save_to(mem, &file)
+}
+
+/// Writes guest memory into `file` (empty) as a sparse image.
+pub fn save_to(mem: &GuestMemoryMmap, file: &File) -> io::Result<MemoryStats> {
+    let size: u64 = mem.iter().map(|r| r.len()).sum();
     file.set_len(size)?;
     let mut stats = MemoryStats { size, written: 0 };
     let mut file_base = 0u64;

@@ -272,6 +272,15 @@ impl Snapshot {
         })
     }
 
+    /// A snapshot that lives in memory (a fork's).
+    pub(crate) fn in_memory(state: SnapshotState, memory: MemorySource) -> Self {
+        Self {
+            dir: PathBuf::new(),
+            state,
+            memory,
+        }
+    }
+
     /// The configuration the snapshotted VM ran with.
     pub fn config(&self) -> &VmConfig {
         &self.state.config

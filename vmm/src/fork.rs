@@ -1,0 +1,150 @@
+//! Fork: one running VM becomes `count` new ones that start from its
+//! state at that moment, sharing its memory copy-on-write, while it goes
+//! on. Its state is captured once, in memory: vCPU and device state as a
+//! snapshot state, guest memory in a memfd the children map privately.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{NetConfig, SerialOutput};
+use crate::error::Error;
+use crate::snapshot::{memory, MemorySource, RestoreOptions, Snapshot, SnapshotError};
+use crate::vm::Vm;
+
+/// Per-child changes to the restore options a fork uses.
+pub type ChildOptions = Arc<dyn Fn(usize, RestoreOptions) -> RestoreOptions + Send + Sync>;
+
+/// How to fork.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ForkOptions {
+    /// Where the children's files go: vsock sockets
+    /// (`child-<i>.vsock`) and disk layers.
+    pub dir: PathBuf,
+    /// Ask the guest agent to sync its file systems first, so that the
+    /// children's disks hold what the parent wrote (default: no; a guest
+    /// without the agent would cost the 2 s a vsock connect takes to be
+    /// refused).
+    pub sync_agent: bool,
+    /// Leave the children paused.
+    pub paused: bool,
+    /// Changes to each child's restore options (serial output, TAPs...);
+    /// applied after Hearth's own (socket path, MAC).
+    pub customize: Option<ChildOptions>,
+}
+
+impl std::fmt::Debug for ForkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkOptions")
+            .field("dir", &self.dir)
+            .field("sync_agent", &self.sync_agent)
+            .field("paused", &self.paused)
+            .finish()
+    }
+}
+
+impl ForkOptions {
+    /// Children's files in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            sync_agent: false,
+            paused: false,
+            customize: None,
+        }
+    }
+    /// Whether to ask the agent to sync first.
+    pub fn sync_agent(mut self, sync: bool) -> Self {
+        self.sync_agent = sync;
+        self
+    }
+    /// Leave the children paused.
+    pub fn paused(mut self, paused: bool) -> Self {
+        self.paused = paused;
+        self
+    }
+    /// Per-child restore options.
+    pub fn customize(
+        mut self,
+        f: impl Fn(usize, RestoreOptions) -> RestoreOptions + Send + Sync + 'static,
+    ) -> Self {
+        self.customize = Some(Arc::new(f));
+        self
+    }
+}
+
+/// A locally administered unicast MAC, random.
+fn random_mac() -> String {
+    let g = hearth_devices::legacy::Generation::fresh().map_or([0u8; 32], |g| g.seed);
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        (g[0] & 0xfe) | 0x02,
+        g[1],
+        g[2],
+        g[3],
+        g[4],
+        g[5]
+    )
+}
+
+impl Vm {
+    /// Starts `count` children from this VM's state now. They share its
+    /// memory copy-on-write (through a memfd, no disk round trip), each
+    /// with its own vsock socket (`<dir>/child-<i>.vsock`), MAC address,
+    /// VM generation (so its agent reseeds its RNG and sets its clock) and
+    /// disk state (see [`ForkOptions`]). This VM goes on running (or stays
+    /// paused if it was).
+    pub fn fork(&self, count: usize, options: &ForkOptions) -> Result<Vec<Vm>, Error> {
+        std::fs::create_dir_all(&options.dir).map_err(|source| SnapshotError::Write {
+            path: options.dir.clone(),
+            source,
+        })?;
+        if options.sync_agent && self.config.vsock.is_some() {
+            match self
+                .agent()
+                .and_then(|a| a.timeout(Some(Duration::from_secs(10))).sync())
+            {
+                Ok(()) => {}
+                Err(e) => log::debug!("fork: no agent sync ({e})"),
+            }
+        }
+        let was_paused = self.is_paused();
+        self.pause()?;
+        let captured = self.capture_for_fork();
+        if !was_paused {
+            self.resume()?;
+        }
+        let snapshot = captured?;
+        let mut children = Vec::with_capacity(count);
+        for i in 0..count {
+            let mut o = RestoreOptions::new()
+                .paused(options.paused)
+                .serial(SerialOutput::None);
+            if self.config.vsock.is_some() {
+                o = o.vsock_uds_path(options.dir.join(format!("child-{i}.vsock")));
+            }
+            for (n, net) in self.config.nets.iter().enumerate() {
+                let mut net: NetConfig = net.clone();
+                net.mac = Some(random_mac());
+                o = o.net(n, net);
+            }
+            if let Some(f) = &options.customize {
+                o = f(i, o);
+            }
+            children.push(snapshot.restore(&o)?);
+        }
+        Ok(children)
+    }
+
+    /// The paused VM's state, with its memory copied into a memfd.
+    fn capture_for_fork(&self) -> Result<Snapshot, Error> {
+        let Some(paused) = self.runner.paused_guard()? else {
+            return Err(SnapshotError::NotPaused.into());
+        };
+        let state = self.capture(&paused)?;
+        let file = crate::memory::memfd(state.memory_bytes).map_err(SnapshotError::Memory)?;
+        memory::save_to(&self.memory, &file).map_err(SnapshotError::Memory)?;
+        Ok(Snapshot::in_memory(state, MemorySource::Memfd(Arc::new(file))))
+    }
+}
