@@ -7,6 +7,10 @@
 //! {"cmd":"pause","sync":true}      {"ok":true,"synced":true}   (the guest agent syncs its
 //!                                  file systems first, so a snapshot's disk and memory agree)
 //! {"cmd":"snapshot","dir":"/s"}    {"ok":true,"state_bytes":..,"memory_written":..,"ms":..}
+//!                                  (`"full":true` writes every page even when a diff is possible)
+//! {"cmd":"fork","dir":"/s"}        {"ok":true,...}: a snapshot of the running VM for `hearth
+//!                                  restore` elsewhere (pause, snapshot, resume; `"sync":true`
+//!                                  asks the guest agent to sync its file systems first)
 //! {"cmd":"resume"}                 {"ok":true}
 //! {"cmd":"disk_rate_limit","index":0,"limit":{"bandwidth":{"size":1048576,"refill_time_ms":1000}}}
 //!                                  {"ok":true}
@@ -22,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hearth::seccomp::{Filter, ThreadKind};
-use hearth::{clear_stale_socket, RateLimit, Vm};
+use hearth::{clear_stale_socket, RateLimit, SnapshotInfo, SnapshotOptions, Vm};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -38,6 +42,17 @@ enum Command {
     Resume,
     Snapshot {
         dir: PathBuf,
+        #[serde(default)]
+        full: bool,
+    },
+    /// Snapshot a running VM without stopping it for long.
+    Fork {
+        dir: PathBuf,
+        #[serde(default)]
+        full: bool,
+        /// Ask the guest agent to sync its file systems first.
+        #[serde(default)]
+        sync: bool,
     },
     /// A missing `limit` lifts the disk's limits.
     DiskRateLimit {
@@ -103,15 +118,10 @@ fn reply(vm: &Vm, cmd: Command) -> Value {
             })
         }
         Command::Resume => vm.resume().map(|()| json!({"ok": true})),
-        Command::Snapshot { dir } => vm.snapshot(&dir).map(|i| {
-            json!({
-                "ok": true,
-                "state_bytes": i.state_bytes,
-                "memory_bytes": i.memory_bytes,
-                "memory_written": i.memory_written,
-                "ms": i.duration.as_secs_f64() * 1e3,
-            })
-        }),
+        Command::Snapshot { dir, full } => vm
+            .snapshot_with(&dir, &SnapshotOptions::new().full(full))
+            .map(|i| snapshot_reply(&i)),
+        Command::Fork { dir, full, sync } => fork(vm, &dir, full, sync),
         Command::DiskRateLimit { index, limit } => {
             vm.set_disk_rate_limit(index, limit).map(|()| json!({"ok": true}))
         }
@@ -121,6 +131,36 @@ fn reply(vm: &Vm, cmd: Command) -> Value {
         Command::Stop => Ok(json!({"ok": true})),
     };
     result.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()}))
+}
+
+fn snapshot_reply(i: &SnapshotInfo) -> Value {
+    json!({
+        "ok": true,
+        "state_bytes": i.state_bytes,
+        "memory_bytes": i.memory_bytes,
+        "memory_written": i.memory_written,
+        "parent": i.parent,
+        "ms": i.duration.as_secs_f64() * 1e3,
+    })
+}
+
+/// A snapshot of a running VM: the agent syncs (if there is one), the VM
+/// pauses for the snapshot only, then runs on (unless it was paused).
+fn fork(vm: &Vm, dir: &Path, full: bool, sync: bool) -> Result<Value, hearth::Error> {
+    let was_paused = vm.is_paused();
+    if !was_paused {
+        if sync {
+            if let Err(e) = vm.agent().and_then(|a| a.timeout(Some(SYNC_TIMEOUT)).sync()) {
+                log::debug!("fork: no agent sync ({e})");
+            }
+        }
+        vm.pause()?;
+    }
+    let result = vm.snapshot_with(dir, &SnapshotOptions::new().full(full));
+    if !was_paused {
+        vm.resume()?;
+    }
+    result.map(|i| snapshot_reply(&i))
 }
 
 fn serve_client(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {

@@ -580,12 +580,11 @@ fn random_hostile_campaign_with_a_tap_flood() {
         let (stop, name, guest) = (stop.clone(), ns.name.clone(), ns.guest_ip);
         std::thread::spawn(move || {
             let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
             // SAFETY: setns on a namespace fd we hold; it moves only this
             // thread.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-                0
-            );
+            let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
             sock.set_nonblocking(true).unwrap();
             let payload = [0x5au8; 1400];

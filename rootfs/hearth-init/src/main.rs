@@ -21,27 +21,50 @@
 //!
 //! Run as any other PID (for trying it on a host) it only reports: it does
 //! not mount, touch I/O ports or reboot, and exits 1 if a check failed.
+//!
+//! Native agent mode, for tests on a host (never as PID 1):
+//!
+//! ```text
+//! hearth-init agent --unix PATH [--generation-file FILE] [--hello-timeout-ms N]
+//! ```
+//!
+//! runs the guest agent's event loop on a Unix socket at PATH (each
+//! accepted stream is one connection, no `CONNECT` line), reading the VM
+//! generation from FILE (48 bytes: u64 LE generation, 32-byte seed, u64
+//! LE Unix ns) instead of /dev/port, and never touching the host's RNG or
+//! clock. SIGTERM or SIGINT stop it and kill its processes.
 
-mod agent;
 mod boot_timer;
 mod checks;
 mod cmdline;
-mod console;
 mod mounts;
 mod power;
 mod supervisor;
 mod sys;
 mod system;
 
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use cmdline::Cmdline;
+use hearth_init::{agent, console};
 use system::SystemInfo;
 
 const CMDLINE_PATH: &str = "/proc/cmdline";
+const USAGE: &str = "usage: hearth-init agent --unix PATH [--generation-file FILE] [--hello-timeout-ms N]";
 
 fn main() {
     let pid1 = std::process::id() == 1;
     if pid1 {
         init_system();
+    } else {
+        // The kernel passes init words of its command line as arguments:
+        // only a non-init process looks at them.
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        if args.first().is_some_and(|a| a == "agent") {
+            native_agent(args.get(1..).unwrap_or_default());
+        }
     }
 
     let system = SystemInfo::gather();
@@ -88,6 +111,54 @@ fn main() {
     std::process::exit(i32::from(tally.fail > 0));
 }
 
+/// `hearth-init agent ...`: the agent on a Unix socket. Never returns.
+fn native_agent(args: &[OsString]) -> ! {
+    let opts = match parse_native(args) {
+        Ok(opts) => opts,
+        Err(e) => {
+            console::line(&format!("hearth-init: {e}\n{USAGE}"));
+            std::process::exit(2);
+        }
+    };
+    let Err(e) = agent::serve(opts);
+    console::line(&format!("hearth-init: agent: {e}"));
+    std::process::exit(1);
+}
+
+/// The native mode's options.
+fn parse_native(args: &[OsString]) -> Result<agent::Options, String> {
+    let mut unix = None;
+    let mut generation = agent::GenerationSource::None;
+    let mut hello_timeout = agent::HELLO_TIMEOUT;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{} needs a value", flag.to_string_lossy()))
+        };
+        match flag.to_str() {
+            Some("--unix") => unix = Some(PathBuf::from(value()?)),
+            Some("--generation-file") => generation = agent::GenerationSource::File(PathBuf::from(value()?)),
+            Some("--hello-timeout-ms") => {
+                let v = value()?;
+                let ms: u64 = v
+                    .to_str()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("bad --hello-timeout-ms {}", v.to_string_lossy()))?;
+                hello_timeout = Duration::from_millis(ms);
+            }
+            _ => return Err(format!("unknown argument {}", flag.to_string_lossy())),
+        }
+    }
+    let unix = unix.ok_or("--unix PATH is required")?;
+    Ok(agent::Options {
+        listen: agent::Listen::Unix(unix),
+        generation,
+        hello_timeout,
+        stop_on_signals: true,
+    })
+}
+
 /// PID 1 only: mounts and the boot-timer marker.
 fn init_system() {
     for e in mounts::mount_all() {
@@ -98,5 +169,37 @@ fn init_system() {
             "hearth-init: boot timer (/dev/port offset {:#x}): {e}",
             boot_timer::PORT
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(items: &[&str]) -> Vec<OsString> {
+        items.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn native_mode_arguments() {
+        let o = parse_native(&args(&["--unix", "/tmp/a.sock"])).unwrap();
+        assert_eq!(o.listen, agent::Listen::Unix("/tmp/a.sock".into()));
+        assert_eq!(o.generation, agent::GenerationSource::None);
+        assert_eq!(o.hello_timeout, agent::HELLO_TIMEOUT);
+        let o = parse_native(&args(&[
+            "--generation-file",
+            "/tmp/g",
+            "--unix",
+            "/s",
+            "--hello-timeout-ms",
+            "250",
+        ]))
+        .unwrap();
+        assert_eq!(o.generation, agent::GenerationSource::File("/tmp/g".into()));
+        assert_eq!(o.hello_timeout, Duration::from_millis(250));
+        assert!(parse_native(&args(&[])).is_err());
+        assert!(parse_native(&args(&["--unix"])).is_err());
+        assert!(parse_native(&args(&["--unix", "/s", "--bogus"])).is_err());
+        assert!(parse_native(&args(&["--unix", "/s", "--hello-timeout-ms", "x"])).is_err());
     }
 }

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::{agent, console, power};
+use crate::power;
+use hearth_init::{agent, console};
 
 /// Restarts allowed within [`WINDOW`].
 pub const MAX_RESTARTS: usize = 10;
@@ -58,7 +59,7 @@ fn start_agent(port: u32) -> Option<libc::pid_t> {
     // single-threaded, so the child may go on running Rust code.
     match unsafe { libc::fork() } {
         0 => {
-            let Err(e) = agent::serve(port);
+            let Err(e) = agent::serve(agent::Options::guest(port));
             console::line(&format!("hearth-init: agent: {e}"));
             // SAFETY: _exit(2) ends the agent process only.
             unsafe { libc::_exit(1) }

@@ -1,30 +1,25 @@
-//! Turning an `Exec` request into what execve(2) needs, and the small
-//! encodings around a child process. Pure functions (the file system is
-//! reached through a probe the caller passes), unit tested on the host.
+//! Turning a SPAWN request into what execve(2) needs, and the small
+//! encodings around a starting child. Pure, unit tested on the host.
+//!
+//! The PATH search costs the agent no system call: the child tries each
+//! candidate with execve itself, like execvp(3) (ENOENT and ENOTDIR go on
+//! to the next, EACCES is remembered, anything else stops).
 
 use std::ffi::CString;
 
-use hearth_agent_protocol::Exec;
+use hearth_agent_protocol::{ErrorInfo, ErrorKind, Spawn};
+use serde_bytes::ByteBuf;
 
-/// PATH when the request's environment has none.
-pub const DEFAULT_PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
+use super::errors;
 
-/// What a PATH candidate is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    /// A file we may execute.
-    Executable,
-    /// Something is there, but not executable (or a directory).
-    NotExecutable,
-    /// Nothing there.
-    Missing,
-}
+/// PATH when the environment has none (docs/AGENT.md).
+pub const DEFAULT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// An `Exec` ready for fork and execve: every string NUL-terminated.
+/// A SPAWN ready for fork and execve: every string NUL-terminated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
-    /// The file to execute (argv[0] resolved through PATH).
-    pub program: CString,
+    /// The files to try, in order (argv[0] itself when it has a `/`).
+    pub candidates: Vec<CString>,
     /// The arguments, argv[0] as the client gave it.
     pub argv: Vec<CString>,
     /// The environment.
@@ -35,31 +30,45 @@ pub struct Command {
     pub name: String,
 }
 
-/// Prepares `exec`. `probe` says what is at a path (for the PATH search).
-/// The error is the message for the client.
-pub fn prepare(exec: &Exec, probe: impl Fn(&[u8]) -> Probe) -> Result<Command, String> {
-    let argv0 = exec.argv.first().ok_or("empty argv: nothing to execute")?;
-    let name = String::from_utf8_lossy(argv0).into_owned();
-    let argv = to_cstrings(&exec.argv, "argument")?;
-    let envp = if exec.env.is_empty() {
-        vec![to_cstring(
-            format!("PATH={DEFAULT_PATH}").as_bytes(),
-            "environment entry",
-        )?]
+/// Prepares `spawn`. `agent_env` is the agent's own environment, used
+/// when the request gives none (plus a default PATH if it has none).
+pub fn prepare(spawn: &Spawn, agent_env: &[CString]) -> Result<Command, ErrorInfo> {
+    let argv0 = spawn
+        .argv
+        .first()
+        .ok_or_else(|| invalid("spawn: empty argv, nothing to execute".into()))?;
+    let name = errors::show(argv0);
+    if argv0.is_empty() {
+        return Err(errors::os("exec", b"", libc::ENOENT));
+    }
+    let argv = to_cstrings(&spawn.argv, "argument")?;
+    let envp = if spawn.env.is_empty() {
+        let mut env = agent_env.to_vec();
+        if !env.iter().any(|e| e.as_bytes().starts_with(b"PATH=")) {
+            env.push(to_cstring(
+                format!("PATH={DEFAULT_PATH}").as_bytes(),
+                "environment entry",
+            )?);
+        }
+        env
     } else {
-        to_cstrings(&exec.env, "environment entry")?
+        to_cstrings(&spawn.env, "environment entry")?
     };
-    let cwd = if exec.cwd.is_empty() {
-        b"/".as_slice()
-    } else {
-        &exec.cwd
+    let cwd = match &spawn.cwd {
+        Some(cwd) if !cwd.is_empty() => cwd.as_slice(),
+        _ => b"/",
     };
     let cwd = to_cstring(cwd, "working directory")?;
-    let program = lookup(argv0, search_path(&exec.env), probe)
-        .map_err(|errno| format!("cannot execute {name}: {}", super::fd::strerror(errno)))?;
-    let program = to_cstring(&program, "program path")?;
+    let path = search_path(&envp);
+    let candidates = candidates(argv0, path)
+        .into_iter()
+        .map(|c| to_cstring(&c, "program path"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if candidates.is_empty() {
+        return Err(errors::os("exec", argv0, libc::ENOENT));
+    }
     Ok(Command {
-        program,
+        candidates,
         argv,
         envp,
         cwd,
@@ -67,79 +76,79 @@ pub fn prepare(exec: &Exec, probe: impl Fn(&[u8]) -> Probe) -> Result<Command, S
     })
 }
 
+fn invalid(message: String) -> ErrorInfo {
+    ErrorInfo {
+        kind: ErrorKind::InvalidInput,
+        errno: libc::EINVAL,
+        message,
+    }
+}
+
 /// The PATH to search: the first `PATH=` of `env`, else [`DEFAULT_PATH`].
-pub fn search_path(env: &[Vec<u8>]) -> &[u8] {
+pub fn search_path(env: &[CString]) -> &[u8] {
     env.iter()
-        .find_map(|entry| entry.strip_prefix(b"PATH="))
+        .find_map(|entry| entry.as_bytes().strip_prefix(b"PATH="))
         .unwrap_or(DEFAULT_PATH.as_bytes())
 }
 
-/// Resolves `name` like execvp(3): a name with a `/` is used as is;
-/// otherwise the first executable `dir/name` of `path` (empty components
-/// are skipped, not taken as the current directory). The error is the
-/// errno execvp would give: EACCES when only non-executable candidates
-/// exist, else ENOENT.
-pub fn lookup(name: &[u8], path: &[u8], probe: impl Fn(&[u8]) -> Probe) -> Result<Vec<u8>, i32> {
-    if name.is_empty() {
-        return Err(libc::ENOENT);
-    }
+/// The files execvp(3) would try for `name`: `name` itself if it has a
+/// `/`, else `dir/name` for each non-empty directory of `path` (an empty
+/// component is not taken as the current directory).
+pub fn candidates(name: &[u8], path: &[u8]) -> Vec<Vec<u8>> {
     if name.contains(&b'/') {
-        return Ok(name.to_vec());
+        return vec![name.to_vec()];
     }
-    let mut errno = libc::ENOENT;
-    for dir in path.split(|&b| b == b':').filter(|dir| !dir.is_empty()) {
-        let mut candidate = dir.to_vec();
-        if !candidate.ends_with(b"/") {
-            candidate.push(b'/');
-        }
-        candidate.extend_from_slice(name);
-        match probe(&candidate) {
-            Probe::Executable => return Ok(candidate),
-            Probe::NotExecutable => errno = libc::EACCES,
-            Probe::Missing => {}
-        }
-    }
-    Err(errno)
+    path.split(|&b| b == b':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| {
+            let mut candidate = dir.to_vec();
+            if !candidate.ends_with(b"/") {
+                candidate.push(b'/');
+            }
+            candidate.extend_from_slice(name);
+            candidate
+        })
+        .collect()
 }
 
 /// One C string; `what` names it in the error (an interior NUL).
-pub fn to_cstring(bytes: &[u8], what: &str) -> Result<CString, String> {
-    CString::new(bytes)
-        .map_err(|_| format!("{what} {:?} contains a NUL byte", String::from_utf8_lossy(bytes)))
+pub fn to_cstring(bytes: &[u8], what: &str) -> Result<CString, ErrorInfo> {
+    CString::new(bytes).map_err(|_| {
+        invalid(format!(
+            "spawn: {what} {:?} contains a NUL byte",
+            errors::show(bytes)
+        ))
+    })
 }
 
 /// C strings for each item.
-pub fn to_cstrings(items: &[Vec<u8>], what: &str) -> Result<Vec<CString>, String> {
+pub fn to_cstrings(items: &[ByteBuf], what: &str) -> Result<Vec<CString>, ErrorInfo> {
     items.iter().map(|item| to_cstring(item, what)).collect()
-}
-
-/// A wait(2) status as the protocol's exit status: the exit code, or minus
-/// the signal that killed the process.
-pub fn exit_status(wait_status: libc::c_int) -> i32 {
-    if libc::WIFEXITED(wait_status) {
-        libc::WEXITSTATUS(wait_status)
-    } else if libc::WIFSIGNALED(wait_status) {
-        -libc::WTERMSIG(wait_status)
-    } else {
-        // Stopped or continued: not asked for (no WUNTRACED), so unreachable.
-        -1
-    }
 }
 
 /// The step of starting a child that failed, reported through its status
 /// pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// dup2 of the standard descriptors.
+    /// Setting up fds 0-2.
     Stdio = 1,
+    /// setsid / setpgid / the controlling terminal.
+    Session = 2,
+    /// setgroups.
+    Groups = 3,
+    /// setgid.
+    Gid = 4,
+    /// setuid.
+    Uid = 5,
     /// chdir to the working directory.
-    Chdir = 2,
+    Chdir = 6,
     /// execve.
-    Exec = 3,
+    Exec = 7,
 }
 
 /// The bytes a child writes to its status pipe when `stage` failed with
-/// `errno`: the stage then the errno, native-endian `i32`s.
+/// `errno`: the stage then the errno, native-endian `i32`s (one write of
+/// 8 bytes, atomic on a pipe).
 pub fn encode_failure(stage: Stage, errno: i32) -> [u8; 8] {
     let mut out = [0u8; 8];
     let (head, tail) = out.split_at_mut(4);
@@ -154,20 +163,28 @@ pub fn decode_failure(bytes: &[u8]) -> Option<(Stage, i32)> {
     let errno: [u8; 4] = errno.try_into().ok()?;
     let stage = match i32::from_ne_bytes(*stage) {
         1 => Stage::Stdio,
-        2 => Stage::Chdir,
-        3 => Stage::Exec,
+        2 => Stage::Session,
+        3 => Stage::Groups,
+        4 => Stage::Gid,
+        5 => Stage::Uid,
+        6 => Stage::Chdir,
+        7 => Stage::Exec,
         _ => return None,
     };
     Some((stage, i32::from_ne_bytes(errno)))
 }
 
-/// The client's message for a child that failed at `stage`.
-pub fn failure_message(cmd: &Command, stage: Stage, errno: i32) -> String {
-    let why = super::fd::strerror(errno);
+/// The client's error for a child that failed at `stage`.
+pub fn failure(cmd: &Command, user: Option<(u32, u32)>, stage: Stage, errno: i32) -> ErrorInfo {
+    let (uid, gid) = user.unwrap_or((0, 0));
     match stage {
-        Stage::Stdio => format!("cannot set up stdio for {}: {why}", cmd.name),
-        Stage::Chdir => format!("cannot change directory to {}: {why}", cmd.cwd.to_string_lossy()),
-        Stage::Exec => format!("cannot execute {}: {why}", cmd.name),
+        Stage::Stdio => errors::os("spawn", format!("{}: stdio", cmd.name).as_bytes(), errno),
+        Stage::Session => errors::os("spawn", format!("{}: session", cmd.name).as_bytes(), errno),
+        Stage::Groups => errors::os("setgroups", b"[]", errno),
+        Stage::Gid => errors::os("setgid", gid.to_string().as_bytes(), errno),
+        Stage::Uid => errors::os("setuid", uid.to_string().as_bytes(), errno),
+        Stage::Chdir => errors::os("chdir", cmd.cwd.as_bytes(), errno),
+        Stage::Exec => errors::os("exec", cmd.name.as_bytes(), errno),
     }
 }
 
@@ -175,166 +192,114 @@ pub fn failure_message(cmd: &Command, stage: Stage, errno: i32) -> String {
 mod tests {
     use super::*;
 
-    fn bytes(items: &[&str]) -> Vec<Vec<u8>> {
-        items.iter().map(|s| s.as_bytes().to_vec()).collect()
+    fn bufs(items: &[&str]) -> Vec<ByteBuf> {
+        items
+            .iter()
+            .map(|s| ByteBuf::from(s.as_bytes().to_vec()))
+            .collect()
     }
 
-    /// A file system where only `exec` paths are executable and `plain`
-    /// paths exist.
-    fn fs<'a>(exec: &'a [&str], plain: &'a [&str]) -> impl Fn(&[u8]) -> Probe + 'a {
-        move |path| {
-            let path = std::str::from_utf8(path).unwrap();
-            if exec.contains(&path) {
-                Probe::Executable
-            } else if plain.contains(&path) {
-                Probe::NotExecutable
-            } else {
-                Probe::Missing
-            }
+    fn spawn(argv: &[&str]) -> Spawn {
+        Spawn {
+            argv: bufs(argv),
+            ..Spawn::default()
         }
     }
 
     #[test]
-    fn lookup_searches_path_in_order() {
-        let probe = fs(&["/sbin/x", "/usr/bin/x"], &[]);
+    fn candidates_follow_path_in_order() {
         assert_eq!(
-            lookup(b"x", b"/bin:/sbin:/usr/bin", &probe),
-            Ok(b"/sbin/x".to_vec())
+            candidates(b"x", b"/bin:/usr/bin/::/sbin"),
+            [b"/bin/x".to_vec(), b"/usr/bin/x".to_vec(), b"/sbin/x".to_vec()]
         );
-        assert_eq!(
-            lookup(b"x", b"/usr/bin/:/sbin", &probe),
-            Ok(b"/usr/bin/x".to_vec())
-        );
-        assert_eq!(lookup(b"y", b"/bin:/sbin", &probe), Err(libc::ENOENT));
+        assert_eq!(candidates(b"./x", b"/bin"), [b"./x".to_vec()]);
+        assert_eq!(candidates(b"/no/such", b"/bin"), [b"/no/such".to_vec()]);
+        assert!(candidates(b"x", b"").is_empty());
     }
 
     #[test]
-    fn lookup_skips_empty_components_and_reports_eacces() {
-        let probe = fs(&["x"], &["/bin/y"]);
-        // An empty component is not the current directory.
-        assert_eq!(lookup(b"x", b"::/bin:", &probe), Err(libc::ENOENT));
-        assert_eq!(lookup(b"y", b"/bin:/sbin", &probe), Err(libc::EACCES));
-        assert_eq!(lookup(b"x", b"", &probe), Err(libc::ENOENT));
-        assert_eq!(lookup(b"", b"/bin", &probe), Err(libc::ENOENT));
-    }
-
-    #[test]
-    fn lookup_keeps_names_with_a_slash() {
-        let probe = fs(&[], &[]);
-        assert_eq!(lookup(b"/no/such", b"/bin", &probe), Ok(b"/no/such".to_vec()));
-        assert_eq!(lookup(b"./x", b"/bin", &probe), Ok(b"./x".to_vec()));
-    }
-
-    #[test]
-    fn search_path_comes_from_env() {
-        assert_eq!(search_path(&[]), DEFAULT_PATH.as_bytes());
-        assert_eq!(
-            search_path(&bytes(&["HOME=/", "PATH=/opt:/bin", "PATH=/x"])),
-            b"/opt:/bin"
-        );
-        assert_eq!(search_path(&bytes(&["MYPATH=/x"])), DEFAULT_PATH.as_bytes());
-    }
-
-    #[test]
-    fn prepare_fills_defaults() {
-        let exec = Exec {
-            argv: bytes(&["uname", "-a"]),
-            ..Exec::default()
-        };
-        let cmd = prepare(&exec, fs(&["/bin/uname"], &[])).unwrap();
-        assert_eq!(cmd.program.as_bytes(), b"/bin/uname");
+    fn prepare_fills_defaults_from_the_agent_env() {
+        let agent_env = [c"HOME=/".to_owned()];
+        let cmd = prepare(&spawn(&["uname", "-a"]), &agent_env).unwrap();
+        assert_eq!(cmd.candidates.first().unwrap().as_bytes(), b"/usr/sbin/uname");
+        assert_eq!(cmd.candidates.len(), 4);
         assert_eq!(cmd.argv, [c"uname".to_owned(), c"-a".to_owned()]);
-        assert_eq!(cmd.envp, [c"PATH=/bin:/sbin:/usr/bin:/usr/sbin".to_owned()]);
+        assert_eq!(
+            cmd.envp,
+            [
+                c"HOME=/".to_owned(),
+                c"PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned()
+            ]
+        );
         assert_eq!(cmd.cwd.as_bytes(), b"/");
         assert_eq!(cmd.name, "uname");
+        // The agent's own PATH is kept and searched.
+        let agent_env = [c"PATH=/opt".to_owned()];
+        let cmd = prepare(&spawn(&["x"]), &agent_env).unwrap();
+        assert_eq!(cmd.candidates, [c"/opt/x".to_owned()]);
+        assert_eq!(cmd.envp, agent_env);
     }
 
     #[test]
     fn prepare_uses_request_env_and_cwd() {
-        let exec = Exec {
-            argv: bytes(&["tool"]),
-            env: bytes(&["A=1", "PATH=/opt/bin"]),
-            cwd: b"/tmp".to_vec(),
-            stdin: Vec::new(),
-        };
-        let cmd = prepare(&exec, fs(&["/opt/bin/tool", "/bin/tool"], &[])).unwrap();
-        assert_eq!(cmd.program.as_bytes(), b"/opt/bin/tool");
-        assert_eq!(cmd.envp, [c"A=1".to_owned(), c"PATH=/opt/bin".to_owned()]);
+        let mut s = spawn(&["tool"]);
+        s.env = bufs(&["A=1", "PATH=/opt/bin:/bin"]);
+        s.cwd = Some(ByteBuf::from(b"/tmp".to_vec()));
+        let cmd = prepare(&s, &[c"PATH=/ignored".to_owned()]).unwrap();
+        assert_eq!(
+            cmd.candidates,
+            [c"/opt/bin/tool".to_owned(), c"/bin/tool".to_owned()]
+        );
+        assert_eq!(cmd.envp, [c"A=1".to_owned(), c"PATH=/opt/bin:/bin".to_owned()]);
         assert_eq!(cmd.cwd.as_bytes(), b"/tmp");
     }
 
     #[test]
-    fn prepare_errors_are_messages() {
-        let none = fs(&[], &["/bin/notes.txt"]);
-        assert_eq!(
-            prepare(&Exec::default(), &none).unwrap_err(),
-            "empty argv: nothing to execute"
-        );
-        let missing = Exec {
-            argv: bytes(&["frob"]),
-            ..Exec::default()
-        };
-        assert_eq!(
-            prepare(&missing, &none).unwrap_err(),
-            "cannot execute frob: No such file or directory"
-        );
-        let not_exec = Exec {
-            argv: bytes(&["notes.txt"]),
-            ..Exec::default()
-        };
-        assert_eq!(
-            prepare(&not_exec, &none).unwrap_err(),
-            "cannot execute notes.txt: Permission denied"
-        );
-        let nul = Exec {
-            argv: vec![b"/bin/sh".to_vec(), b"a\0b".to_vec()],
-            ..Exec::default()
-        };
-        assert_eq!(
-            prepare(&nul, &none).unwrap_err(),
-            "argument \"a\\0b\" contains a NUL byte"
-        );
+    fn prepare_errors() {
+        let e = prepare(&Spawn::default(), &[]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert_eq!(e.message, "spawn: empty argv, nothing to execute");
+        let e = prepare(&spawn(&["/bin/sh", "a\0b"]), &[]).unwrap_err();
+        assert_eq!(e.message, "spawn: argument \"a\\0b\" contains a NUL byte");
+        let mut s = spawn(&["x"]);
+        s.env = bufs(&["PATH="]);
+        let e = prepare(&s, &[]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert_eq!(e.message, "exec x: No such file or directory");
     }
 
     #[test]
-    fn exit_status_encoding() {
-        assert_eq!(exit_status(0), 0);
-        assert_eq!(exit_status(3 << 8), 3);
-        assert_eq!(exit_status(255 << 8), 255);
-        assert_eq!(exit_status(libc::SIGKILL), -9);
-        // Killed by SIGSEGV with a core dump (0x80).
-        assert_eq!(exit_status(libc::SIGSEGV | 0x80), -11);
-    }
-
-    #[test]
-    fn failure_round_trip() {
-        for stage in [Stage::Stdio, Stage::Chdir, Stage::Exec] {
+    fn failure_round_trip_and_messages() {
+        for stage in [
+            Stage::Stdio,
+            Stage::Session,
+            Stage::Groups,
+            Stage::Gid,
+            Stage::Uid,
+            Stage::Chdir,
+            Stage::Exec,
+        ] {
             assert_eq!(
                 decode_failure(&encode_failure(stage, libc::ENOENT)),
                 Some((stage, libc::ENOENT))
             );
         }
         assert_eq!(decode_failure(&[]), None);
-        assert_eq!(decode_failure(&[3, 0, 0, 0]), None);
-        assert_eq!(decode_failure(&encode_failure(Stage::Exec, 2)[..7]), None);
         assert_eq!(decode_failure(&[9, 0, 0, 0, 2, 0, 0, 0]), None);
-    }
-
-    #[test]
-    fn failure_messages() {
-        let exec = Exec {
-            argv: bytes(&["/no/such"]),
-            cwd: b"/gone".to_vec(),
-            ..Exec::default()
-        };
-        let cmd = prepare(&exec, fs(&[], &[])).unwrap();
+        let mut s = spawn(&["frob"]);
+        s.cwd = Some(ByteBuf::from(b"/gone".to_vec()));
+        let cmd = prepare(&s, &[]).unwrap();
+        let e = failure(&cmd, None, Stage::Exec, libc::ENOENT);
         assert_eq!(
-            failure_message(&cmd, Stage::Exec, libc::ENOENT),
-            "cannot execute /no/such: No such file or directory"
+            (e.kind, e.message.as_str()),
+            (ErrorKind::NotFound, "exec frob: No such file or directory")
         );
+        let e = failure(&cmd, None, Stage::Chdir, libc::ENOENT);
+        assert_eq!(e.message, "chdir /gone: No such file or directory");
+        let e = failure(&cmd, Some((7, 8)), Stage::Uid, libc::EPERM);
         assert_eq!(
-            failure_message(&cmd, Stage::Chdir, libc::ENOENT),
-            "cannot change directory to /gone: No such file or directory"
+            (e.kind, e.message.as_str()),
+            (ErrorKind::PermissionDenied, "setuid 7: Operation not permitted")
         );
     }
 }
