@@ -58,7 +58,8 @@ pub struct RestoreArgs {
     /// Another vsock socket path (each restored copy needs its own).
     #[arg(long, value_name = "PATH")]
     pub vsock_uds: Option<PathBuf>,
-    /// Replace disk INDEX: INDEX=PATH[,ro][,id=NAME]. Repeatable.
+    /// Replace disk INDEX: INDEX=PATH[,ro][,id=NAME]; INDEX=BASE,overlay=NEW puts the
+    /// disk's writes in a new overlay on the snapshot's disk state. Repeatable.
     #[arg(long, value_name = "INDEX=SPEC", value_parser = parse_disk_override)]
     pub disk: Vec<(usize, DiskConfig)>,
     /// Replace network interface INDEX: INDEX=tap=NAME[,mac=MAC]. Repeatable.
@@ -146,7 +147,8 @@ pub struct RunArgs {
     /// Boot protocol: auto, linux or pvh.
     #[arg(long, value_name = "PROTO", value_parser = parse_protocol)]
     pub boot_protocol: Option<BootProtocol>,
-    /// A virtio-blk disk: PATH[,ro][,id=NAME][,bw=RATE][,iops=N] (RATE in bytes/s, K/M/G suffixes). Repeatable.
+    /// A virtio-blk disk: PATH[,ro][,overlay=PATH][,id=NAME][,bw=RATE][,iops=N] (RATE in bytes/s,
+    /// K/M/G suffixes; overlay: PATH is a read-only base, writes go to the overlay). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
     /// A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,mtu=N][,create][,rx-bw=RATE][,tx-bw=RATE][,rx-pps=N][,tx-pps=N]. Repeatable.

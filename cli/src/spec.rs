@@ -50,18 +50,19 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let path = parts
         .next()
         .filter(|p| !p.is_empty())
-        .ok_or("expected PATH[,ro][,id=NAME][,bw=RATE][,iops=N]")?;
+        .ok_or("expected PATH[,ro][,overlay=PATH][,id=NAME][,bw=RATE][,iops=N]")?;
     let mut disk = DiskConfig::file(path);
     let mut limit = RateLimit::default();
     for opt in parts {
         match opt.split_once('=') {
             None if opt == "ro" => disk = disk.read_only(true),
             Some(("id", id)) => disk = disk.id(id),
+            Some(("overlay", o)) if !o.is_empty() => disk = disk.overlay(o),
             Some(("bw", v)) => limit.bandwidth = Some(per_second(v)?),
             Some(("iops", v)) => limit.ops = Some(per_second(v)?),
             _ => {
                 return Err(format!(
-                    "unknown disk option {opt:?}; expected ro, id=NAME, bw=RATE or iops=N"
+                    "unknown disk option {opt:?}; expected ro, overlay=PATH, id=NAME, bw=RATE or iops=N"
                 ))
             }
         }

@@ -63,6 +63,9 @@ pub enum DeviceError {
     /// A disk image is unusable.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// A disk overlay or layer is unusable (wrong base, corrupt...).
+    #[error(transparent)]
+    Overlay(#[from] hearth_devices::virtio::block::OverlayError),
     /// A custom disk backend failed to open.
     #[error("cannot open disk {}: {source}", name.display())]
     CustomDisk {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hearth_devices::rate_limiter::RateLimit;
-use hearth_devices::virtio::block::{DiskBackend, FileDisk};
+use hearth_devices::virtio::block::{DiskBackend, FileDisk, OverlayDisk, Parent};
 use serde::{Deserialize, Serialize};
 
 use crate::device_manager::DeviceError;
@@ -54,6 +54,17 @@ pub struct DiskConfig {
     /// Bandwidth (bytes) and request-rate limits; none by default.
     #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
     pub rate_limit: RateLimit,
+    /// A copy-on-write overlay (docs/DISK.md): `path` is then a read-only
+    /// base, and the VM's writes go to this file, created if missing and
+    /// checked against the base if not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<PathBuf>,
+    /// Frozen overlay layers between the base and the overlay, bottom
+    /// first (a snapshot's or a fork's disk state; set by Hearth). With
+    /// layers and no overlay, the top layer itself takes the writes (one
+    /// restore of that snapshot; clones each need an overlay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<PathBuf>,
     /// A custom backend instead of the file (library only).
     #[serde(skip)]
     pub backend: Option<DiskFactory>,
@@ -67,8 +78,32 @@ impl DiskConfig {
             read_only: false,
             id: None,
             rate_limit: RateLimit::default(),
+            overlay: None,
+            layers: Vec::new(),
             backend: None,
         }
+    }
+
+    /// `base` (read-only) with the VM's writes in the overlay file
+    /// `overlay`.
+    pub fn overlay(mut self, overlay: impl Into<PathBuf>) -> Self {
+        self.overlay = Some(overlay.into());
+        self
+    }
+
+    /// The disk's copy-on-write chain: its writable top, and the read-only
+    /// layers under it (bottom first) down to the base, if it has one.
+    pub(crate) fn chain(&self) -> Option<(PathBuf, Parent)> {
+        let mut parent = Parent::Raw(self.path.clone());
+        let mut layers = self.layers.clone();
+        let top = match &self.overlay {
+            Some(o) => o.clone(),
+            None => layers.pop()?,
+        };
+        for layer in layers {
+            parent = Parent::Overlay(layer, Box::new(parent));
+        }
+        Some((top, parent))
     }
 
     /// Storage from `factory`; `name` appears in messages.
@@ -104,6 +139,17 @@ impl DiskConfig {
         self.rate_limit
             .validate()
             .map_err(|e| format!("rate_limit: {e}"))?;
+        if self.overlay.is_some() || !self.layers.is_empty() {
+            if self.read_only {
+                return Err("a read-only disk cannot have an overlay".into());
+            }
+            if self.backend.is_some() {
+                return Err("a custom backend cannot have an overlay".into());
+            }
+            if self.overlay.as_ref() == Some(&self.path) || self.layers.contains(&self.path) {
+                return Err(format!("overlay {} is the base itself", self.path.display()));
+            }
+        }
         if let Some(id) = &self.id {
             if id.len() > 20 {
                 return Err(format!("id {id:?} is longer than 20 bytes"));
@@ -122,7 +168,17 @@ impl DiskConfig {
                 name: self.path.clone(),
                 source,
             }),
-            None => Ok(Box::new(FileDisk::open(&self.path, self.read_only)?)),
+            None => match self.chain() {
+                Some((top, parent)) => {
+                    let disk = if top.exists() {
+                        OverlayDisk::open(&top, parent)
+                    } else {
+                        OverlayDisk::create(&top, parent)
+                    };
+                    Ok(Box::new(disk?))
+                }
+                None => Ok(Box::new(FileDisk::open(&self.path, self.read_only)?)),
+            },
         }
     }
 }

@@ -72,6 +72,9 @@ pub enum Error {
         /// How many there are.
         count: usize,
     },
+    /// The VM cannot be forked as asked.
+    #[error(transparent)]
+    Fork(#[from] crate::fork::ForkError),
     /// An eventfd or signal handler could not be set up.
     #[error("cannot set up {what}: {source}")]
     Setup {

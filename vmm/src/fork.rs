@@ -74,6 +74,18 @@ impl ForkOptions {
     }
 }
 
+/// Why a VM cannot be forked as asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForkError {
+    /// A writable raw disk cannot be shared by children.
+    #[error(
+        "disk {0} is a writable raw image, which children cannot share: give it an overlay \
+         (DiskConfig::overlay) or each child its own disk (ForkOptions::customize)"
+    )]
+    SharedDisk(usize),
+}
+
 /// A locally administered unicast MAC, random.
 fn random_mac() -> String {
     let g = hearth_devices::legacy::Generation::fresh().map_or([0u8; 32], |g| g.seed);
@@ -109,9 +121,19 @@ impl Vm {
                 Err(e) => log::debug!("fork: no agent sync ({e})"),
             }
         }
+        if options.customize.is_none() {
+            if let Some(i) = self
+                .config
+                .disks
+                .iter()
+                .position(|d| !d.read_only && d.overlay.is_none() && d.layers.is_empty())
+            {
+                return Err(ForkError::SharedDisk(i).into());
+            }
+        }
         let was_paused = self.is_paused();
         self.pause()?;
-        let captured = self.capture_for_fork();
+        let captured = self.capture_for_fork(&options.dir);
         if !was_paused {
             self.resume()?;
         }
@@ -123,6 +145,11 @@ impl Vm {
                 .serial(SerialOutput::None);
             if self.config.vsock.is_some() {
                 o = o.vsock_uds_path(options.dir.join(format!("child-{i}.vsock")));
+            }
+            for (d, disk) in snapshot.config().disks.iter().enumerate() {
+                if !disk.layers.is_empty() {
+                    o = o.disk_overlay(d, options.dir.join(format!("child-{i}-disk{d}.overlay")));
+                }
             }
             for (n, net) in self.config.nets.iter().enumerate() {
                 let mut net: NetConfig = net.clone();
@@ -137,12 +164,18 @@ impl Vm {
         Ok(children)
     }
 
-    /// The paused VM's state, with its memory copied into a memfd.
-    fn capture_for_fork(&self) -> Result<Snapshot, Error> {
+    /// The paused VM's state, with its memory copied into a memfd and its
+    /// overlay disks frozen into layers in `dir`.
+    fn capture_for_fork(&self, dir: &std::path::Path) -> Result<Snapshot, Error> {
         let Some(paused) = self.runner.paused_guard()? else {
             return Err(SnapshotError::NotPaused.into());
         };
-        let state = self.capture(&paused)?;
+        let mut state = self.capture(&paused)?;
+        let dir = std::fs::canonicalize(dir).map_err(|source| SnapshotError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        self.freeze_disks(&mut state.config, &dir, "frozen-disk")?;
         let file = crate::memory::memfd(state.memory_bytes).map_err(SnapshotError::Memory)?;
         memory::save_to(&self.memory, &file).map_err(SnapshotError::Memory)?;
         Ok(Snapshot::in_memory(state, MemorySource::Memfd(Arc::new(file))))

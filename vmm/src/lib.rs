@@ -70,7 +70,7 @@ pub use config::{
 pub use device_manager::DeviceError;
 pub use error::Error;
 pub use exit::ExitReason;
-pub use fork::{ChildOptions, ForkOptions};
+pub use fork::{ChildOptions, ForkError, ForkOptions};
 pub use hearth_devices::guest_log::GuestLogCounters;
 pub use hearth_devices::legacy::{BootTime, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use hearth_devices::rate_limiter::{BucketConfig, RateLimit};

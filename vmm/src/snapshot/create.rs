@@ -108,6 +108,41 @@ impl Vm {
         })
     }
 
+    /// Freezes every overlay disk's state into `dir/<prefix><i>.layer` and
+    /// points `config`'s disk at it (base, that one layer, no overlay: see
+    /// [`DiskConfig::layers`](crate::DiskConfig)). Returns the bytes copied.
+    pub(crate) fn freeze_disks(
+        &self,
+        config: &mut crate::VmConfig,
+        dir: &Path,
+        prefix: &str,
+    ) -> Result<u64, SnapshotError> {
+        let mut copied = 0;
+        for (i, (disk, block)) in config
+            .disks
+            .iter_mut()
+            .zip(self.devices.virtio.blocks())
+            .enumerate()
+        {
+            if disk.overlay.is_none() && disk.layers.is_empty() {
+                continue;
+            }
+            let dest = dir.join(format!("{prefix}{i}.layer"));
+            let mut block = block.lock().unwrap_or_else(|p| p.into_inner());
+            match block.freeze_overlay(&dest) {
+                Ok(Some(n)) => copied += n,
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&dest);
+                    return Err(SnapshotError::Disk { index: i, source: e });
+                }
+            }
+            disk.layers = vec![dest];
+            disk.overlay = None;
+        }
+        Ok(copied)
+    }
+
     /// [`snapshot`](Self::snapshot) with options.
     pub fn snapshot_with(
         &self,
@@ -123,6 +158,7 @@ impl Vm {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
         let mut state = self.capture(&paused)?;
         let canonical = std::fs::canonicalize(dir).map_err(write_err(dir))?;
+        self.freeze_disks(&mut state.config, &canonical, "disk")?;
         let diff_of = self
             .origin
             .as_ref()

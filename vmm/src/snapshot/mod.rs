@@ -83,6 +83,14 @@ pub enum SnapshotError {
     /// The state contradicts itself.
     #[error("snapshot is inconsistent: {0}")]
     Inconsistent(String),
+    /// A disk's copy-on-write state could not be frozen into the snapshot.
+    #[error("disk {index}: {source}")]
+    Disk {
+        /// The disk.
+        index: usize,
+        /// Why.
+        source: hearth_devices::virtio::block::OverlayError,
+    },
     /// A diff snapshot's parent is missing or has changed.
     #[error("{0}")]
     Parent(String),

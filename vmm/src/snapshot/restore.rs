@@ -45,6 +45,10 @@ pub struct RestoreOptions {
     pub skip_agent_refresh: bool,
     /// The agent's vsock port (default 52).
     pub agent_port: Option<u32>,
+    /// A new copy-on-write overlay for disk `index`, on the snapshot's
+    /// saved disk state (each clone of a snapshot with overlay disks needs
+    /// its own).
+    pub disk_overlays: BTreeMap<usize, PathBuf>,
 }
 
 impl RestoreOptions {
@@ -87,6 +91,12 @@ impl RestoreOptions {
         self.disks.insert(index, disk);
         self
     }
+    /// Puts disk `index`'s writes in a new overlay at `path`, on the
+    /// snapshot's disk state.
+    pub fn disk_overlay(mut self, index: usize, path: impl Into<PathBuf>) -> Self {
+        self.disk_overlays.insert(index, path.into());
+        self
+    }
     /// Whether to skip the agent refresh after the restore.
     pub fn skip_agent_refresh(mut self, skip: bool) -> Self {
         self.skip_agent_refresh = skip;
@@ -121,7 +131,22 @@ impl Snapshot {
                 index,
                 count,
             })?;
-            *slot = disk.clone();
+            let mut disk = disk.clone();
+            // `--disk 0=BASE,overlay=NEW`: a new overlay on the snapshot's
+            // frozen layers of the same base.
+            if disk.layers.is_empty() && disk.path == slot.path && disk.overlay.is_some() {
+                disk.layers = slot.layers.clone();
+            }
+            *slot = disk;
+        }
+        for (&index, overlay) in &options.disk_overlays {
+            let count = config.disks.len();
+            let slot = config.disks.get_mut(index).ok_or(Error::NoSuchDevice {
+                kind: "disk",
+                index,
+                count,
+            })?;
+            slot.overlay = Some(overlay.clone());
         }
         for (&index, net) in &options.nets {
             let count = config.nets.len();

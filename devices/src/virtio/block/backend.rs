@@ -28,6 +28,11 @@ pub trait DiskBackend: Send {
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Zeroes a range; `unmap` allows deallocating it.
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// The copy-on-write overlay this backend is, if it is one (snapshots
+    /// and forks freeze it).
+    fn overlay(&mut self) -> Option<&mut super::overlay::OverlayDisk> {
+        None
+    }
 }
 
 /// Errors opening a disk image.

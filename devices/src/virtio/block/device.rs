@@ -138,6 +138,19 @@ impl Block {
         self.active.is_some()
     }
 
+    /// Freezes the disk's copy-on-write state into a new layer at `dest`
+    /// (see `OverlayDisk::freeze_into`); `Ok(None)` if the disk has no
+    /// overlay. Call it with the VM paused.
+    pub fn freeze_overlay(
+        &mut self,
+        dest: &std::path::Path,
+    ) -> Result<Option<u64>, super::overlay::OverlayError> {
+        match self.handler.backend_mut().overlay() {
+            Some(o) => o.freeze_into(dest).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The request limits (capacity, read-only).
     pub fn limits(&self) -> &super::request::Limits {
         self.handler.limits()

@@ -154,6 +154,11 @@ impl RequestHandler {
         &self.limits
     }
 
+    /// The backend.
+    pub fn backend_mut(&mut self) -> &mut dyn DiskBackend {
+        self.backend.as_mut()
+    }
+
     /// Whether a request was taken from the ring and is not finished.
     pub fn has_in_flight(&self) -> bool {
         self.in_flight.is_some()

@@ -209,6 +209,10 @@ impl DiskBackend for OverlayDisk {
         self.image.header.virtual_size
     }
 
+    fn overlay(&mut self) -> Option<&mut OverlayDisk> {
+        Some(self)
+    }
+
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.image.read_at(&self.parent, buf, offset)
     }
