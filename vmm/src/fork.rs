@@ -138,8 +138,7 @@ impl Vm {
             self.resume()?;
         }
         let snapshot = captured?;
-        let mut children = Vec::with_capacity(count);
-        for i in 0..count {
+        let child_options = |i: usize| {
             let mut o = RestoreOptions::new()
                 .paused(options.paused)
                 .serial(SerialOutput::None);
@@ -156,10 +155,38 @@ impl Vm {
                 net.mac = Some(random_mac());
                 o = o.net(n, net);
             }
-            if let Some(f) = &options.customize {
-                o = f(i, o);
+            match &options.customize {
+                Some(f) => f(i, o),
+                None => o,
             }
-            children.push(snapshot.restore(&o)?);
+        };
+        // Children start on a few threads at once (each start is mostly
+        // KVM calls); results keep their order.
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 4)
+            .min(count.max(1));
+        let mut slots: Vec<Option<Result<Vm, Error>>> = (0..count).map(|_| None).collect();
+        std::thread::scope(|s| {
+            let chunks: Vec<_> = slots.chunks_mut(count.div_ceil(workers).max(1)).collect();
+            let mut first = 0;
+            for chunk in chunks {
+                let base = first;
+                first += chunk.len();
+                let (snapshot, child_options) = (&snapshot, &child_options);
+                s.spawn(move || {
+                    for (k, slot) in chunk.iter_mut().enumerate() {
+                        *slot = Some(snapshot.restore(&child_options(base + k)));
+                    }
+                });
+            }
+        });
+        let mut children = Vec::with_capacity(count);
+        for slot in slots {
+            children.push(slot.unwrap_or(Err(Error::Setup {
+                what: "a fork child",
+                source: std::io::Error::other("its start did not run"),
+            }))?);
         }
         Ok(children)
     }

@@ -92,7 +92,7 @@ impl AgentClient {
     /// returned handle.
     pub fn spawn(&self, command: &Command) -> Result<Process, AgentError> {
         let conn = self.open(&Message::Spawn(command.spec.clone()))?;
-        Process::start(conn)
+        Process::start(conn, command.spec.stdin, Some(command.spec.tty.is_some()))
     }
 
     /// Runs a command to its end (stdin is /dev/null) and collects its
@@ -101,15 +101,14 @@ impl AgentClient {
         let mut spec = command.spec.clone();
         spec.stdin = false;
         let mut conn = self.open(&Message::Spawn(spec))?;
-        // A command may be silent for long: no read timeout on its streams.
-        conn.stream.set_read_timeout(None)?;
         match conn.recv()? {
             Message::Started(_) => {}
             other => return Err(unexpected("STARTED", &other)),
         }
         let mut out = ExecOutput::default();
         loop {
-            let (sink, chunk) = match conn.recv()? {
+            // A command may be silent for long: no timeout between frames.
+            let (sink, chunk) = match conn.recv_patiently()? {
                 Message::Stdout(b) => (&mut out.stdout, b),
                 Message::Stderr(b) => (&mut out.stderr, b),
                 Message::Exit(e) => {
@@ -126,10 +125,20 @@ impl AgentClient {
     }
 
     /// Attaches to a running (or exited, unreaped) process started with
-    /// [`Command::detach`]: its kept output comes first.
+    /// [`Command::detach`]: its kept output comes first. Its stdin is not
+    /// connected (see [`attach_with_stdin`](Self::attach_with_stdin)).
     pub fn attach(&self, id: u64) -> Result<Process, AgentError> {
         let conn = self.open(&Message::Attach(Attach { id }))?;
-        Process::start(conn)
+        Process::start(conn, false, None)
+    }
+
+    /// Like [`attach`](Self::attach), with the process's stdin, for a
+    /// process started with [`Command::stdin`] whose stdin is still open
+    /// (otherwise the agent ends the attachment at the first write; the
+    /// process goes on).
+    pub fn attach_with_stdin(&self, id: u64) -> Result<Process, AgentError> {
+        let conn = self.open(&Message::Attach(Attach { id }))?;
+        Process::start(conn, true, None)
     }
 
     /// The processes the agent runs or keeps.
@@ -149,8 +158,7 @@ impl AgentClient {
     /// Waits for process `id` to end.
     pub fn wait(&self, id: u64) -> Result<ExitStatus, AgentError> {
         let mut conn = self.open(&Message::Wait(Wait { id }))?;
-        conn.stream.set_read_timeout(None)?;
-        match conn.recv()? {
+        match conn.recv_patiently()? {
             Message::Exit(e) => Ok(e.into()),
             other => Err(unexpected("EXIT", &other)),
         }
@@ -216,25 +224,32 @@ impl AgentClient {
 
     /// Reads `path` whole (at most the output cap).
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
-        struct Capped(Vec<u8>, usize);
+        struct Capped {
+            data: Vec<u8>,
+            cap: usize,
+            over: bool,
+        }
         impl Write for Capped {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                if self.0.len() + b.len() > self.1 {
+                if self.data.len() + b.len() > self.cap {
+                    self.over = true;
                     return Err(std::io::Error::other("file larger than the client's cap"));
                 }
-                self.0.extend_from_slice(b);
+                self.data.extend_from_slice(b);
                 Ok(b.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())
             }
         }
-        let mut out = Capped(Vec::new(), self.output_cap);
+        let mut out = Capped {
+            data: Vec::new(),
+            cap: self.output_cap,
+            over: false,
+        };
         match self.download(path, &mut out) {
-            Ok(_) => Ok(out.0),
-            Err(AgentError::Io(_)) if out.0.len() >= self.output_cap / 2 => {
-                Err(AgentError::OutputTooLarge(self.output_cap))
-            }
+            Ok(_) => Ok(out.data),
+            Err(_) if out.over => Err(AgentError::OutputTooLarge(self.output_cap)),
             Err(e) => Err(e),
         }
     }

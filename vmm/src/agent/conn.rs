@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hearth_agent_protocol::{
-    kind, read_frame, v1_error_text, ErrorInfo, ErrorKind, Hello, Message, MIN_VERSION, VERSION,
+    kind, read_frame, v1_error_text, ErrorInfo, ErrorKind, Frame, Hello, Message, MIN_VERSION, VERSION,
 };
 
 use super::error::AgentError;
@@ -32,10 +32,34 @@ pub enum Endpoint {
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub stream: UnixStream,
-    timeout: Option<Duration>,
+    pub timeout: Option<Duration>,
 }
 
-fn map_read_err(e: io::Error, timeout: Option<Duration>) -> AgentError {
+/// Reads one frame of a stream that may be silent for long (a process's
+/// output, a WAIT): waits for the frame's first byte as long as it takes,
+/// then gives the rest `timeout`. A frame once begun comes whole; a peer
+/// stuck inside one is not an agent, and must not hang the client.
+pub(crate) fn read_frame_patiently(
+    stream: &mut UnixStream,
+    timeout: Option<Duration>,
+) -> io::Result<Option<Frame>> {
+    stream.set_read_timeout(None)?;
+    let mut first = [0u8; 1];
+    loop {
+        match stream.read(&mut first) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    stream.set_read_timeout(timeout)?;
+    let frame = read_frame(&mut (&first[..]).chain(&mut *stream))?;
+    // Not `None`: the chain starts with a byte.
+    frame.map(Some).ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+}
+
+pub(crate) fn map_read_err(e: io::Error, timeout: Option<Duration>) -> AgentError {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             AgentError::Timeout(timeout.unwrap_or_default())
@@ -103,7 +127,12 @@ impl Conn {
     }
 
     fn recv_raw(&mut self) -> Result<Reply, AgentError> {
-        let frame = match read_frame(&mut self.stream) {
+        let frame = read_frame(&mut self.stream);
+        self.decode_reply(frame)
+    }
+
+    fn decode_reply(&self, frame: io::Result<Option<Frame>>) -> Result<Reply, AgentError> {
+        let frame = match frame {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(Reply::Closed),
             Err(e) => return Err(map_read_err(e, self.timeout)),
@@ -121,7 +150,21 @@ impl Conn {
     /// The next message; the guest's ERROR becomes `AgentError::Guest`,
     /// a close `Disconnected`.
     pub fn recv(&mut self) -> Result<Message, AgentError> {
-        match self.recv_raw()? {
+        let reply = self.recv_raw()?;
+        Self::message(reply)
+    }
+
+    /// Like [`recv`](Self::recv), waiting as long as it takes for the next
+    /// frame to begin (process streams, WAIT): see
+    /// [`read_frame_patiently`].
+    pub fn recv_patiently(&mut self) -> Result<Message, AgentError> {
+        let frame = read_frame_patiently(&mut self.stream, self.timeout);
+        let reply = self.decode_reply(frame)?;
+        Self::message(reply)
+    }
+
+    fn message(reply: Reply) -> Result<Message, AgentError> {
+        match reply {
             Reply::Message(Message::Error(e)) => Err(guest(e)),
             Reply::Message(m) => Ok(m),
             Reply::V1Error(text) => Err(AgentError::Protocol(format!(

@@ -2,23 +2,28 @@
 //! handle ([`Process`], with `stdin` to write and `stdout`/`stderr` to
 //! read), and how it ended ([`ExitStatus`]).
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hearth_agent_protocol::{read_frame, ExitInfo, Message, Spawn, User, WinSize, MAX_CHUNK};
+use hearth_agent_protocol::{ExitInfo, Message, Spawn, User, WinSize, MAX_CHUNK};
 use serde_bytes::ByteBuf;
 
-use super::conn::{guest, unexpected, Conn};
+use super::conn::{guest, map_read_err, read_frame_patiently, unexpected, Conn};
 use super::error::AgentError;
 
-/// Chunks of output buffered per stream in the client before its reader
-/// thread stops reading (and so the guest process stalls): at most
-/// `OUTPUT_CHUNKS` × 64 KiB per stream.
-const OUTPUT_CHUNKS: usize = 64;
+/// Output buffered per stream in the client before its reader thread
+/// stops reading (and so the guest process stalls), in bytes (plus
+/// [`CHUNK_COST`] per chunk held).
+const OUTPUT_BUFFER: usize = 1 << 20;
+/// A chunk shorter than this joins the previous one when that has room
+/// (a process writing many small lines costs its bytes, not a chunk each).
+const SMALL_CHUNK: usize = 4 << 10;
+/// What a buffered chunk costs beyond its bytes.
+const CHUNK_COST: usize = 64;
 
 /// A process to start in the guest.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,6 +160,7 @@ impl ExecOutput {
 #[derive(Clone, Debug)]
 enum Ended {
     Disconnected,
+    Timeout(Duration),
     Guest(hearth_agent_protocol::ErrorInfo),
     Protocol(String),
 }
@@ -163,6 +169,7 @@ impl From<Ended> for AgentError {
     fn from(e: Ended) -> Self {
         match e {
             Ended::Disconnected => AgentError::Disconnected,
+            Ended::Timeout(t) => AgentError::Timeout(t),
             Ended::Guest(info) => guest(info),
             Ended::Protocol(s) => AgentError::Protocol(s),
         }
@@ -183,34 +190,60 @@ struct Outcome {
 pub struct Process {
     id: u64,
     pid: i32,
-    writer: Arc<Mutex<UnixStream>>,
+    /// Whether it has a terminal (`None`: not known, after `attach`).
+    tty: Option<bool>,
+    writer: Arc<Mutex<Link>>,
+    /// The same socket, to shut down without waiting for the writer's
+    /// lock (a stdin writer may hold it, blocked by flow control).
+    control: UnixStream,
     stdin: Option<ProcessStdin>,
     stdout: Option<ProcessOutput>,
     stderr: Option<ProcessOutput>,
     outcome: Arc<Outcome>,
 }
 
-/// The process's standard input.
+/// The sending side of a process's connection. Frames go out whole under
+/// the lock; the client never sends a frame the agent would refuse
+/// (which would end the connection and kill the process).
+#[derive(Debug)]
+struct Link {
+    stream: UnixStream,
+    /// STDIN frames are welcome: the process has stdin and STDIN_CLOSE
+    /// was not sent.
+    stdin_open: bool,
+}
+
+/// The process's standard input. Dropping it closes it (the process reads
+/// end of file), like [`close`](Self::close).
 #[derive(Debug)]
 pub struct ProcessStdin {
-    writer: Arc<Mutex<UnixStream>>,
+    writer: Arc<Mutex<Link>>,
+    /// Close on drop (not when the whole connection is going away).
+    close_on_drop: bool,
 }
 
 /// One of the process's output streams.
 #[derive(Debug)]
 pub struct ProcessOutput {
-    // A Mutex only so that `Process` is `Sync`; one reader at a time.
-    chunks: Mutex<Receiver<Vec<u8>>>,
-    current: Vec<u8>,
-    at: usize,
+    pipe: Arc<Pipe>,
 }
 
-fn lock(m: &Mutex<UnixStream>) -> std::sync::MutexGuard<'_, UnixStream> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn send(writer: &Mutex<UnixStream>, m: &Message) -> io::Result<()> {
-    lock(writer).write_all(&m.encode())
+fn send(writer: &Mutex<Link>, m: &Message) -> io::Result<()> {
+    lock(writer).stream.write_all(&m.encode())
+}
+
+/// Sends STDIN_CLOSE unless stdin is closed (or absent) already.
+fn close_stdin(writer: &Mutex<Link>) -> io::Result<()> {
+    let mut link = lock(writer);
+    if !link.stdin_open {
+        return Ok(());
+    }
+    link.stdin_open = false;
+    link.stream.write_all(&Message::StdinClose.encode())
 }
 
 impl Write for ProcessStdin {
@@ -219,7 +252,15 @@ impl Write for ProcessStdin {
         if n == 0 {
             return Ok(0);
         }
-        send(&self.writer, &Message::Stdin(buf[..n].to_vec()))?;
+        let mut link = lock(&self.writer);
+        if !link.stdin_open {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the process's stdin is closed",
+            ));
+        }
+        link.stream
+            .write_all(&Message::Stdin(buf[..n].to_vec()).encode())?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -229,69 +270,152 @@ impl Write for ProcessStdin {
 
 impl ProcessStdin {
     /// Closes the process's stdin (it reads end of file).
-    pub fn close(self) -> io::Result<()> {
-        send(&self.writer, &Message::StdinClose)
+    pub fn close(mut self) -> io::Result<()> {
+        self.close_on_drop = false;
+        close_stdin(&self.writer)
+    }
+}
+
+impl Drop for ProcessStdin {
+    fn drop(&mut self) {
+        if self.close_on_drop {
+            let _ = close_stdin(&self.writer);
+        }
+    }
+}
+
+/// A bounded buffer of one output stream, between the connection's reader
+/// thread and the [`ProcessOutput`] reading it.
+#[derive(Debug, Default)]
+struct Pipe {
+    state: Mutex<PipeState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PipeState {
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the first chunk already read.
+    front_at: usize,
+    /// The chunks' bytes plus [`CHUNK_COST`] each.
+    cost: usize,
+    /// The stream ended (after the chunks held).
+    ended: bool,
+    /// Nobody reads it any more: drop what comes.
+    reader_gone: bool,
+}
+
+impl Pipe {
+    /// Adds a chunk, waiting while the buffer is full.
+    fn push(&self, chunk: Vec<u8>) {
+        if chunk.is_empty() {
+            return;
+        }
+        let mut s = lock(&self.state);
+        while s.cost >= OUTPUT_BUFFER && !s.reader_gone {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        if s.reader_gone {
+            return;
+        }
+        let s = &mut *s;
+        match s.chunks.back_mut() {
+            Some(back) if chunk.len() < SMALL_CHUNK && back.len() + chunk.len() <= MAX_CHUNK => {
+                back.extend_from_slice(&chunk);
+                s.cost += chunk.len();
+            }
+            _ => {
+                s.cost += chunk.len() + CHUNK_COST;
+                s.chunks.push_back(chunk);
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// The end of the stream.
+    fn end(&self) {
+        lock(&self.state).ended = true;
+        self.changed.notify_all();
     }
 }
 
 impl Read for ProcessOutput {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.current.len() {
-            let next = self.chunks.get_mut().unwrap_or_else(|p| p.into_inner()).recv();
-            match next {
-                Ok(chunk) => {
-                    self.current = chunk;
-                    self.at = 0;
-                }
-                // The reader thread ended: end of stream.
-                Err(_) => return Ok(0),
-            }
+        if buf.is_empty() {
+            return Ok(0);
         }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+        let mut guard = lock(&self.pipe.state);
+        loop {
+            let s = &mut *guard;
+            if let Some(front) = s.chunks.front() {
+                let left = &front[s.front_at..];
+                let n = buf.len().min(left.len());
+                buf[..n].copy_from_slice(&left[..n]);
+                s.front_at += n;
+                if s.front_at == front.len() {
+                    s.cost -= front.len() + CHUNK_COST;
+                    s.front_at = 0;
+                    s.chunks.pop_front();
+                    self.pipe.changed.notify_all();
+                }
+                return Ok(n);
+            }
+            if s.ended {
+                return Ok(0);
+            }
+            guard = self.pipe.changed.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for ProcessOutput {
+    fn drop(&mut self) {
+        let mut s = lock(&self.pipe.state);
+        s.reader_gone = true;
+        s.chunks.clear();
+        s.cost = 0;
+        s.front_at = 0;
+        drop(s);
+        self.pipe.changed.notify_all();
     }
 }
 
 impl Process {
     /// Reads `STARTED` on `conn` and starts the thread that reads the
-    /// streams.
-    pub(crate) fn start(mut conn: Conn) -> Result<Self, AgentError> {
+    /// streams. `stdin`: the process takes STDIN frames; `tty`: it has a
+    /// terminal (`None`: not known).
+    pub(crate) fn start(mut conn: Conn, stdin: bool, tty: Option<bool>) -> Result<Self, AgentError> {
         let started = match conn.recv()? {
             Message::Started(s) => s,
             other => return Err(unexpected("STARTED", &other)),
         };
-        // The process's output goes into bounded channels; a full one stops
+        // The process's output goes into bounded buffers; a full one stops
         // the reader (and so the guest process) until it is read.
-        let (out_tx, out_rx) = sync_channel(OUTPUT_CHUNKS);
-        let (err_tx, err_rx) = sync_channel(OUTPUT_CHUNKS);
+        let (out, err) = (Arc::new(Pipe::default()), Arc::new(Pipe::default()));
         let outcome = Arc::new(Outcome::default());
         let reader = conn.stream.try_clone()?;
-        // Reads block without a timeout: a process may be silent for long.
-        reader.set_read_timeout(None)?;
-        let writer = Arc::new(Mutex::new(conn.stream));
-        let o = outcome.clone();
+        let control = conn.stream.try_clone()?;
+        let timeout = conn.timeout;
+        let writer = Arc::new(Mutex::new(Link {
+            stream: conn.stream,
+            stdin_open: stdin,
+        }));
+        let (o, out_pipe, err_pipe) = (outcome.clone(), out.clone(), err.clone());
         std::thread::Builder::new()
             .name("hearth-agent-io".into())
-            .spawn(move || read_streams(reader, out_tx, err_tx, &o))?;
+            .spawn(move || read_streams(reader, timeout, &out_pipe, &err_pipe, &o))?;
         Ok(Self {
             id: started.id,
             pid: started.pid,
-            stdin: Some(ProcessStdin {
+            tty,
+            stdin: stdin.then(|| ProcessStdin {
                 writer: writer.clone(),
+                close_on_drop: true,
             }),
-            stdout: Some(ProcessOutput {
-                chunks: Mutex::new(out_rx),
-                current: Vec::new(),
-                at: 0,
-            }),
-            stderr: Some(ProcessOutput {
-                chunks: Mutex::new(err_rx),
-                current: Vec::new(),
-                at: 0,
-            }),
+            stdout: Some(ProcessOutput { pipe: out }),
+            stderr: Some(ProcessOutput { pipe: err }),
             writer,
+            control,
             outcome,
         })
     }
@@ -306,7 +430,9 @@ impl Process {
         self.pid
     }
 
-    /// Its stdin, to write (once taken, `None`).
+    /// Its stdin, to write (once taken, `None`; `None` too for a process
+    /// started without [`Command::stdin`], or attached without
+    /// [`attach_with_stdin`](super::AgentClient::attach_with_stdin)).
     pub fn take_stdin(&mut self) -> Option<ProcessStdin> {
         self.stdin.take()
     }
@@ -336,19 +462,30 @@ impl Process {
         self.stderr.as_mut()
     }
 
-    /// Closes stdin.
+    /// Closes stdin (also when its handle was taken); closing it again,
+    /// or a process without stdin, does nothing.
     pub fn close_stdin(&mut self) -> io::Result<()> {
-        self.stdin = None;
-        send(&self.writer, &Message::StdinClose)
+        match self.stdin.take() {
+            Some(stdin) => stdin.close(),
+            None => close_stdin(&self.writer),
+        }
     }
 
-    /// Sends `signal` to the process's group.
+    /// Sends `signal` to the process's group. The frame follows the stdin
+    /// written before it: while the process does not read its stdin, use
+    /// [`AgentClient::signal`](super::AgentClient::signal) instead.
     pub fn signal(&self, signal: i32) -> io::Result<()> {
         send(&self.writer, &Message::Kill(signal))
     }
 
-    /// Resizes its terminal (tty processes).
+    /// Resizes its terminal (an error for a process started without one).
     pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
+        if self.tty == Some(false) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the process has no terminal",
+            ));
+        }
         send(&self.writer, &Message::Resize(WinSize { rows, cols }))
     }
 
@@ -372,8 +509,8 @@ impl Process {
         }
     }
 
-    /// Waits for the end, collecting what is left of stdout and stderr
-    /// (each capped at `cap` bytes).
+    /// Closes stdin (if not taken) and waits for the end, collecting what
+    /// is left of stdout and stderr (each capped at `cap` bytes).
     pub fn wait_with_output(mut self, cap: usize) -> Result<ExecOutput, AgentError> {
         drop(self.stdin.take());
         let (out, err) = (self.stdout.take(), self.stderr.take());
@@ -409,9 +546,14 @@ fn collect(stream: Option<ProcessOutput>, cap: usize) -> Result<Vec<u8>, AgentEr
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // The whole connection goes: no STDIN_CLOSE first.
+        if let Some(stdin) = &mut self.stdin {
+            stdin.close_on_drop = false;
+        }
         // The guest sees the close: it kills the process (unless detached)
-        // and the reader thread ends.
-        let _ = lock(&self.writer).shutdown(Shutdown::Both);
+        // and the reader thread ends. Not under the writer's lock, which a
+        // blocked stdin writer may hold.
+        let _ = self.control.shutdown(Shutdown::Both);
     }
 }
 
@@ -419,21 +561,28 @@ impl Drop for Process {
 /// error or the end of the connection.
 fn read_streams(
     mut stream: UnixStream,
-    out: SyncSender<Vec<u8>>,
-    err: SyncSender<Vec<u8>>,
+    timeout: Option<Duration>,
+    out: &Pipe,
+    err: &Pipe,
     outcome: &Outcome,
 ) {
     let result = loop {
-        let frame = match read_frame(&mut stream) {
+        // A process may be silent for long: no timeout between frames.
+        let frame = match read_frame_patiently(&mut stream, timeout) {
             Ok(Some(f)) => f,
             Ok(None) => break Err(Ended::Disconnected),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => break Err(Ended::Protocol(e.to_string())),
-            Err(_) => break Err(Ended::Disconnected),
+            Err(e) => {
+                break Err(match map_read_err(e, timeout) {
+                    AgentError::Timeout(t) => Ended::Timeout(t),
+                    AgentError::Protocol(s) => Ended::Protocol(s),
+                    _ => Ended::Disconnected,
+                })
+            }
         };
         match Message::decode(&frame) {
             // A stream nobody reads any more is dropped, not waited for.
-            Ok(Message::Stdout(b)) => drop(out.send(b)),
-            Ok(Message::Stderr(b)) => drop(err.send(b)),
+            Ok(Message::Stdout(b)) => out.push(b),
+            Ok(Message::Stderr(b)) => err.push(b),
             Ok(Message::OutputDropped(n)) => {
                 *outcome.dropped.lock().unwrap_or_else(|p| p.into_inner()) += n;
             }
@@ -443,8 +592,8 @@ fn read_streams(
             Err(e) => break Err(Ended::Protocol(format!("malformed frame from the agent: {e}"))),
         }
     };
-    drop(out);
-    drop(err);
+    out.end();
+    err.end();
     *outcome.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
     outcome.changed.notify_all();
 }
