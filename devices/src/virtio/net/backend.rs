@@ -69,6 +69,20 @@ pub trait NetBackend: Send {
     /// guest posts receive buffers or the owner calls
     /// [`Net::process_rx`](super::Net::process_rx).
     fn fd(&self) -> Option<RawFd>;
+
+    /// The backend's own state for a snapshot (e.g. the user-mode
+    /// backend's policy), or `None` (the default) if it has none.
+    fn save_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Takes state [`save_state`](Self::save_state) gave, before the
+    /// device runs; an error refuses the restore. Restored state is
+    /// untrusted input.
+    fn restore_state(&mut self, state: &serde_json::Value) -> io::Result<()> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]

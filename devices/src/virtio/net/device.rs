@@ -248,6 +248,16 @@ impl Net {
         self.backend.fd()
     }
 
+    /// The backend's own state, for a snapshot.
+    pub(super) fn backend_state(&self) -> Option<serde_json::Value> {
+        self.backend.save_state()
+    }
+
+    /// Gives the backend its saved state.
+    pub(super) fn restore_backend_state(&mut self, state: &serde_json::Value) -> std::io::Result<()> {
+        self.backend.restore_state(state)
+    }
+
     /// The receive and transmit rate limits in force.
     pub fn rate_limits(&self) -> (RateLimit, RateLimit) {
         (self.rx_throttle.config(), self.tx_throttle.config())
@@ -397,6 +407,17 @@ impl VirtioDevice for Net {
             rx.next_avail = rx.next_avail.wrapping_sub(self.rx.held_chains());
             vec![rx, a.tx.state()]
         })
+    }
+
+    fn save_device(&self) -> Option<crate::virtio::persist::DeviceState> {
+        self.save_state()
+    }
+
+    fn restore_device(
+        &mut self,
+        state: &crate::virtio::persist::DeviceState,
+    ) -> Result<(), crate::virtio::persist::DeviceRestoreError> {
+        self.restore_state(state)
     }
 
     fn reset(&mut self) {

@@ -4,7 +4,10 @@
 //! - [`rxtx`]: frames in descriptor chains, pure (tx validation, rx
 //!   placement across one or more chains);
 //! - [`backend`]: the public backend trait and an in-memory backend;
-//! - [`tap`]: the TAP backend (the only unsafe code: its ioctls);
+//! - [`tap`]: the TAP backend (its ioctls);
+//! - [`user`]: the user-mode backend (smoltcp, deny-by-default egress
+//!   policy, no root);
+//! - `persist`: what the device saves (its backend's state);
 //! - [`handler`]: the rx and tx queue loops and the bounded rx backlog;
 //! - [`device`]: features, config space and activation;
 //! - `event_handler`: the event-loop subscriber;
@@ -22,10 +25,12 @@ pub mod device;
 mod event_handler;
 pub mod handler;
 pub mod metrics;
+mod persist;
 pub mod rxtx;
 pub mod tap;
 #[cfg(test)]
 mod tests;
+pub mod user;
 
 pub use backend::{GuestOffloads, MemoryNet, NetBackend};
 pub use device::{MacAddr, MacParseError, Net, NetError, NetOptions};
