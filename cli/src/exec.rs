@@ -110,28 +110,54 @@ fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
+/// How a [`pump`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum PumpEnd {
+    /// The source ended (or failed).
+    Source,
+    /// Writing failed.
+    Sink,
+}
+
 /// Copies `from` to `to` until the end, flushing as it goes.
-fn pump(mut from: impl Read, mut to: impl Write) {
+fn pump(mut from: impl Read, mut to: impl Write) -> PumpEnd {
     let mut buf = [0u8; 32 << 10];
     loop {
         match from.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return PumpEnd::Source,
             Ok(n) => {
                 if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
-                    return;
+                    return PumpEnd::Sink;
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return PumpEnd::Source,
         }
     }
 }
 
-fn output_thread(out: Option<ProcessOutput>, stderr: bool) -> Option<std::thread::JoinHandle<()>> {
+/// Copies one of the process's streams to ours. When ours is gone (`hearth
+/// exec ... | head -1`), the process gets SIGPIPE, as it would writing to
+/// a closed pipe here; otherwise it would run on, its output dropped, and
+/// `hearth exec` would never end.
+fn output_thread(
+    out: Option<ProcessOutput>,
+    stderr: bool,
+    client: &AgentClient,
+    id: u64,
+) -> Option<std::thread::JoinHandle<()>> {
+    let client = client.clone();
     out.map(|o| {
         std::thread::spawn(move || {
-            if stderr {
-                pump(o, io::stderr());
+            let end = if stderr {
+                pump(o, io::stderr())
             } else {
-                pump(o, io::stdout());
+                pump(o, io::stdout())
+            };
+            if end == PumpEnd::Sink {
+                // On a connection of its own: the process's stream may be
+                // stalled behind its stdin.
+                let _ = client.signal(id, libc::SIGPIPE);
             }
         })
     })
@@ -228,10 +254,10 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
                 cmd = cmd.user(uid, gid);
             }
             if let Some(secs) = args.timeout {
-                if !(secs.is_finite() && secs > 0.0) {
-                    bail!("--timeout must be a positive number of seconds");
+                match Duration::try_from_secs_f64(secs) {
+                    Ok(t) if !t.is_zero() => cmd = cmd.timeout(t),
+                    _ => bail!("--timeout must be a positive number of seconds, got {secs}"),
                 }
-                cmd = cmd.timeout(Duration::from_secs_f64(secs));
             }
             if args.tty {
                 let (rows, cols) = terminal_size().unwrap_or((24, 80));
@@ -241,14 +267,19 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.detach {
-        writeln!(io::stdout(), "{}", process.id())?;
-        // Dropping the handle leaves a detached process running.
+        // Dropping the handle leaves a detached process running. At once:
+        // what the process writes (or its exit) before the agent sees the
+        // close comes to this connection and is lost (protocol 2 cannot
+        // let go atomically).
+        let id = process.id();
+        drop(process);
+        writeln!(io::stdout(), "{id}")?;
         return Ok(ExitCode::SUCCESS);
     }
     let _raw = args.tty.then(RawTerminal::enter);
     let outs = [
-        output_thread(process.take_stdout(), false),
-        output_thread(process.take_stderr(), true),
+        output_thread(process.take_stdout(), false, &client, process.id()),
+        output_thread(process.take_stderr(), true, &client, process.id()),
     ];
     if let Some(mut stdin) = process.take_stdin() {
         std::thread::spawn(move || {
@@ -326,18 +357,25 @@ pub fn cp(args: &CpArgs) -> anyhow::Result<ExitCode> {
         }
         (Some(guest), None) => {
             if args.dst == "-" {
-                client.download(guest, io::stdout().lock())?;
+                let mut out = io::stdout().lock();
+                client.download(guest, &mut out)?;
+                out.flush().context("cannot write to stdout")?;
             } else {
                 // Into a temporary name, renamed when complete.
                 let tmp = format!("{}.hearth-cp-{}", args.dst, std::process::id());
                 let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {tmp}"))?;
-                let result = client.download(guest, io::BufWriter::new(f));
+                let mut w = io::BufWriter::new(f);
+                let result = client
+                    .download(guest, &mut w)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| w.flush().with_context(|| format!("cannot write {tmp}")));
+                drop(w);
                 match result {
                     Ok(_) => std::fs::rename(&tmp, &args.dst)
                         .with_context(|| format!("cannot rename to {}", args.dst))?,
                     Err(e) => {
                         let _ = std::fs::remove_file(&tmp);
-                        return Err(e.into());
+                        return Err(e);
                     }
                 }
             }
