@@ -16,6 +16,10 @@
 //!                                  {"ok":true}
 //! {"cmd":"net_rate_limit","index":0,"rx":{..},"tx":{..}}
 //!                                  {"ok":true}
+//! {"cmd":"set_net_policy","index":0,"policy":{"allow":["127.0.0.1:8080"]}}
+//!                                  {"ok":true}   (user-mode interface `index`; flows the
+//!                                  new policy does not allow are closed; docs/NETWORK.md)
+//! {"cmd":"net_policy","index":0}   {"ok":true,"policy":{..},"counters":{..}}
 //! {"cmd":"stop"}                   {"ok":true}
 //! anything else                    {"ok":false,"error":"..."}
 //! ```
@@ -67,6 +71,17 @@ enum Command {
         rx: RateLimit,
         #[serde(default)]
         tx: RateLimit,
+    },
+    /// Replace a user-mode interface's egress policy.
+    SetNetPolicy {
+        #[serde(default)]
+        index: usize,
+        policy: hearth::NetPolicy,
+    },
+    /// A user-mode interface's policy and counters.
+    NetPolicy {
+        #[serde(default)]
+        index: usize,
     },
     Stop,
 }
@@ -128,6 +143,13 @@ fn reply(vm: &Vm, cmd: Command) -> Value {
         Command::NetRateLimit { index, rx, tx } => vm
             .set_net_rate_limits(index, rx, tx)
             .map(|()| json!({"ok": true})),
+        Command::SetNetPolicy { index, policy } => {
+            vm.set_net_policy(index, policy).map(|()| json!({"ok": true}))
+        }
+        Command::NetPolicy { index } => vm.net_policy(index).and_then(|p| {
+            let c = vm.user_net_counters(index)?;
+            Ok(json!({"ok": true, "policy": p, "counters": c}))
+        }),
         Command::Stop => Ok(json!({"ok": true})),
     };
     result.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()}))

@@ -11,7 +11,7 @@ use hearth::{
 
 use crate::jail::JailSpec;
 use crate::spec::{
-    parse_disk, parse_jail, parse_net, parse_protocol, parse_seccomp, parse_serial, parse_vsock,
+    parse_disk, parse_host, parse_jail, parse_net, parse_protocol, parse_seccomp, parse_serial, parse_vsock,
 };
 
 /// Hearth: boot and run a microVM.
@@ -151,9 +151,19 @@ pub struct RunArgs {
     /// K/M/G suffixes; overlay: PATH is a read-only base, writes go to the overlay). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
-    /// A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,mtu=N][,create][,rx-bw=RATE][,tx-bw=RATE][,rx-pps=N][,tx-pps=N]. Repeatable.
+    /// A virtio-net interface on a TAP: tap=NAME[,mac=MAC][,mtu=N][,create][,rx-bw=RATE][,tx-bw=RATE][,rx-pps=N][,tx-pps=N];
+    /// or user-mode, with no TAP or root and a deny-by-default egress policy:
+    /// user[,policy=FILE][,mac=MAC][,...] (docs/NETWORK.md). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<NetConfig>,
+    /// Allow CIDR[:PORT[-PORT]] or DOMAIN[:PORT[-PORT]] (`*.` wildcard) on every user-mode
+    /// interface. Repeatable.
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<hearth::NetRule>,
+    /// A static host-map entry NAME=IPV4 the user-mode DNS answers (127.0.0.1 is the host's
+    /// loopback, reached through the gateway). Repeatable.
+    #[arg(long, value_name = "NAME=IP", value_parser = parse_host)]
+    pub host: Vec<(String, std::net::Ipv4Addr)>,
     /// A virtio-vsock device: cid=N,uds=PATH (Firecracker-compatible host side).
     #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
@@ -173,6 +183,25 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Adds `--allow` and `--host` to every user-mode interface.
+    fn apply_net_rules(&self, c: &mut VmConfig) -> anyhow::Result<()> {
+        if self.allow.is_empty() && self.host.is_empty() {
+            return Ok(());
+        }
+        let mut any = false;
+        for net in &mut c.nets {
+            if let hearth::NetBackendKind::User(spec) = &mut net.kind {
+                spec.policy.allow.extend(self.allow.iter().cloned());
+                spec.policy.hosts.extend(self.host.iter().cloned());
+                any = true;
+            }
+        }
+        if !any {
+            bail!("--allow and --host need a user-mode interface (--net user)");
+        }
+        Ok(())
+    }
+
     /// The config: the JSON file if given, then each flag on top.
     pub fn to_config(&self) -> anyhow::Result<VmConfig> {
         let base = match &self.config {
@@ -220,6 +249,7 @@ impl RunArgs {
         }
         c.disks.extend(self.disk.iter().cloned());
         c.nets.extend(self.net.iter().cloned());
+        self.apply_net_rules(&mut c)?;
         if let Some(v) = &self.vsock {
             c.vsock = Some(v.clone());
         }

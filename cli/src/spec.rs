@@ -1,10 +1,12 @@
 //! Parsers for the launcher's compact device specs (`--disk`, `--net`,
-//! `--vsock`, ...): pure functions from text to library config.
+//! `--vsock`, ...): pure functions from text to library config (but
+//! `policy=FILE`, which reads the file).
 
 use std::path::PathBuf;
 
 use hearth::{
-    BootProtocol, BucketConfig, DiskConfig, NetConfig, RateLimit, SeccompMode, SerialOutput, VsockConfig,
+    BootProtocol, BucketConfig, DiskConfig, NetBackendKind, NetConfig, NetPolicy, RateLimit, SeccompMode,
+    SerialOutput, UserNetSpec, VsockConfig,
 };
 
 use crate::jail::JailSpec;
@@ -74,9 +76,12 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
     let mut net: Option<NetConfig> = None;
     let (mut mac, mut mtu, mut create) = (None, None, false);
     let (mut rx, mut tx) = (RateLimit::default(), RateLimit::default());
+    let mut policy: Option<NetPolicy> = None;
     for opt in s.split(',') {
         match opt.split_once('=') {
             Some(("tap", v)) if !v.is_empty() => net = Some(NetConfig::tap(v)),
+            None if opt == "user" => net = Some(NetConfig::user(UserNetSpec::default())),
+            Some(("policy", v)) if !v.is_empty() => policy = Some(read_policy(v)?),
             Some(("mac", v)) => mac = Some(v.to_string()),
             Some(("mtu", v)) => mtu = Some(v.parse::<u16>().map_err(|_| format!("bad mtu {v:?}"))?),
             Some(("rx-bw", v)) => rx.bandwidth = Some(per_second(v)?),
@@ -87,12 +92,20 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
             _ => {
                 return Err(format!(
                     "unknown net option {opt:?}; expected tap=NAME[,mac=MAC][,mtu=N][,create]\
-                     [,rx-bw=RATE][,tx-bw=RATE][,rx-pps=N][,tx-pps=N]"
+                     [,rx-bw=RATE][,tx-bw=RATE][,rx-pps=N][,tx-pps=N] or user[,policy=FILE][,mac=MAC]..."
                 ))
             }
         }
     }
-    let mut net = net.ok_or("expected tap=NAME")?.create(create).rate_limits(rx, tx);
+    let mut net = net
+        .ok_or("expected tap=NAME or user")?
+        .create(create)
+        .rate_limits(rx, tx);
+    match (&mut net.kind, policy) {
+        (NetBackendKind::User(spec), Some(p)) => spec.policy = p,
+        (_, Some(_)) => return Err("policy= needs a user-mode interface (--net user,policy=FILE)".into()),
+        _ => {}
+    }
     if let Some(m) = mac {
         net = net.mac(m);
     }
@@ -100,6 +113,21 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
         net = net.mtu(m);
     }
     Ok(net)
+}
+
+/// A policy file (JSON, docs/NETWORK.md).
+fn read_policy(path: &str) -> Result<NetPolicy, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read policy {path}: {e}"))?;
+    let p: NetPolicy = serde_json::from_str(&text).map_err(|e| format!("policy {path}: {e}"))?;
+    p.validate().map_err(|e| format!("policy {path}: {e}"))?;
+    Ok(p)
+}
+
+/// `--host NAME=IP`: a static host-map entry.
+pub fn parse_host(s: &str) -> Result<(String, std::net::Ipv4Addr), String> {
+    let (name, ip) = s.split_once('=').ok_or("expected NAME=IPV4")?;
+    let ip = ip.parse().map_err(|_| format!("bad IPv4 address {ip:?}"))?;
+    Ok((name.trim_end_matches('.').to_ascii_lowercase(), ip))
 }
 
 pub fn parse_vsock(s: &str) -> Result<VsockConfig, String> {

@@ -85,6 +85,14 @@ pub enum DeviceError {
         /// The error.
         source: io::Error,
     },
+    /// The user-mode network backend could not be made.
+    #[error("cannot open network backend {name}: {source}")]
+    UserNet {
+        /// Its name.
+        name: String,
+        /// The error.
+        source: hearth_devices::virtio::net::user::UserNetError,
+    },
     /// The net device could not be created.
     #[error(transparent)]
     Net(#[from] NetError),
@@ -313,6 +321,7 @@ pub(crate) fn setup(
             handle: Handle::Block(block),
             block_metrics: Some(metrics),
             net_metrics: None,
+            user_net: None,
         });
     }
 
@@ -321,16 +330,19 @@ pub(crate) fn setup(
             .options()
             .map_err(|e| DeviceError::Restore(format!("net {}: {e}", net.tap)))?;
         options.backlog = (config.limits.net_backlog_frames, config.limits.net_backlog_bytes);
-        let dev = Net::new(net.open()?, &options)?;
+        let id = format!("net{i}");
+        let (backend, user_net) = net.open(&id)?;
+        let dev = Net::new(backend, &options)?;
         let metrics = dev.metrics();
         let dev = Arc::new(Mutex::new(dev));
         let transport = b.add_virtio(dev.clone())?;
         b.registry.push(Entry {
-            id: format!("net{i}"),
+            id,
             transport,
             handle: Handle::Net(dev),
             block_metrics: None,
             net_metrics: Some(metrics),
+            user_net,
         });
     }
 
@@ -347,6 +359,7 @@ pub(crate) fn setup(
             handle: Handle::Vsock(vsock),
             block_metrics: None,
             net_metrics: None,
+            user_net: None,
         });
     }
 

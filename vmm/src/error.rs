@@ -62,6 +62,9 @@ pub enum Error {
     /// The device event loop did not answer a pause request in time.
     #[error("the device event loop did not answer a pause request")]
     EventLoopUnresponsive,
+    /// The network interface has no user-mode backend (so no policy).
+    #[error("net {0} is not a user-mode interface: only those have a network policy")]
+    NotUserNet(usize),
     /// No device has this index.
     #[error("there is no {kind} {index}: the VM has {count}")]
     NoSuchDevice {

@@ -74,6 +74,11 @@ pub use fork::{ChildOptions, ForkError, ForkOptions};
 pub use hearth_devices::guest_log::GuestLogCounters;
 pub use hearth_devices::legacy::{BootTime, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use hearth_devices::rate_limiter::{BucketConfig, RateLimit};
+pub use hearth_devices::virtio::net::user::{
+    FlowEvent, FlowProtocol, FlowRecord, FlowRecorder, NetPolicy, PolicyError, Rule as NetRule, UserNetCounters,
+    UserNetLimits,
+};
+pub use net::{NetBackendKind, UserNetSpec};
 pub use hearth_devices::unix_socket::clear_stale_socket;
 pub use hearth_devices::virtio::block::{BlockCounters, DiskBackend, DiskError, FileDisk, MemoryDisk};
 pub use hearth_devices::virtio::net::{GuestOffloads, MemoryNet, NetBackend, NetCounters, Tap, TapError};

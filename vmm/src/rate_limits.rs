@@ -39,8 +39,16 @@ impl Vm {
 }
 
 impl Devices {
-    /// Writes the limits in force into `config` (a snapshot records them).
+    /// Writes the limits in force, and the user-mode interfaces' policies,
+    /// into `config` (a snapshot records them).
     pub(crate) fn record_rate_limits(&self, config: &mut VmConfig) {
+        for (i, net) in config.nets.iter_mut().enumerate() {
+            if let (crate::net::NetBackendKind::User(spec), Some(h)) =
+                (&mut net.kind, self.virtio.user_net(i))
+            {
+                spec.policy = h.policy();
+            }
+        }
         for (disk, dev) in config.disks.iter_mut().zip(self.virtio.blocks()) {
             disk.rate_limit = lock(dev).rate_limit();
         }

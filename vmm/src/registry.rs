@@ -32,6 +32,8 @@ pub(crate) struct Entry {
     /// Block and net counters live outside the device's lock.
     pub block_metrics: Option<Arc<hearth_devices::virtio::block::BlockMetrics>>,
     pub net_metrics: Option<Arc<hearth_devices::virtio::net::NetMetrics>>,
+    /// A user-mode network backend's handle (policy, counters).
+    pub user_net: Option<hearth_devices::virtio::net::user::UserNetHandle>,
 }
 
 /// Every virtio device, in MMIO slot order.
@@ -67,6 +69,15 @@ impl Registry {
             Handle::Net(n) => Some(n),
             _ => None,
         })
+    }
+
+    /// Network interface `index`'s user-mode backend, if it has one.
+    pub fn user_net(&self, index: usize) -> Option<hearth_devices::virtio::net::user::UserNetHandle> {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.handle, Handle::Net(_)))
+            .nth(index)
+            .and_then(|e| e.user_net.clone())
     }
 
     /// The vsock device, if any.

@@ -109,6 +109,12 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_shutdown,
     libc::SYS_getsockopt,
+    // The user-mode network backend's host sockets (TCP connects, UDP
+    // flows): bind (UDP to an ephemeral port), TCP_NODELAY, and the
+    // finished connect's peer.
+    libc::SYS_bind,
+    libc::SYS_setsockopt,
+    libc::SYS_getpeername,
 ];
 
 /// An API thread (the launcher's control socket): it serves clients and
@@ -217,7 +223,14 @@ pub(super) fn rules(kind: ThreadKind) -> Rules {
             allow(&mut r, EVENT_LOOP);
             allow(&mut r, OPENS);
             one_of(&mut r, libc::SYS_ioctl, 1, &[FIONBIO]);
-            one_of(&mut r, libc::SYS_socket, 0, &[libc::AF_UNIX as u64]);
+            // Unix sockets for vsock; IPv4 for the user-mode network
+            // backend's flows (docs/SECCOMP.md).
+            one_of(
+                &mut r,
+                libc::SYS_socket,
+                0,
+                &[libc::AF_UNIX as u64, libc::AF_INET as u64],
+            );
             one_of(&mut r, libc::SYS_fcntl, 1, &fcntl_ops);
         }
         ThreadKind::Api => {

@@ -1,0 +1,105 @@
+//! The user-mode network backend under the test guest's own virtio-net
+//! driver (no TAP, no root): ARP for the gateway, ping of the gateway, the
+//! guest's UDP hello to a host loopback server the policy allows, echoes
+//! both ways, a policy replaced at run time closing the flow, and the
+//! policy carried through a snapshot.
+
+// Integration tests: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use hearth::{NetConfig, NetPolicy, RestoreOptions, SerialBuffer, SerialOutput, UserNetSpec, Vm};
+use hearth_tests::udp_echo::{GUEST_PORT, MAC};
+use hearth_tests::{TestVm, GUEST_TIMEOUT};
+
+const GUEST_IP: &str = "10.0.2.15";
+const GATEWAY: &str = "10.0.2.2";
+
+fn policy(json: &str) -> NetPolicy {
+    serde_json::from_str(json).unwrap()
+}
+
+/// Boots the `net` scenario on a user-mode interface whose policy allows
+/// the host's UDP port `port` (the guest sends to the gateway, which
+/// stands for the host's loopback).
+fn boot(port: u16) -> TestVm {
+    let spec = UserNetSpec::new(policy(&format!(r#"{{"allow":["127.0.0.1:{port}"]}}"#)));
+    TestVm::scenario("net")
+        .arg(&format!(
+            "tg.net.ip={GUEST_IP} tg.net.host={GATEWAY} tg.net.port={port} tg.net.listen={GUEST_PORT}"
+        ))
+        .net(NetConfig::user(spec).mac(MAC))
+        .start()
+}
+
+#[test]
+fn test_guest_net_scenario_on_the_user_backend() {
+    let host = UdpSocket::bind("127.0.0.1:0").unwrap();
+    host.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
+    let port = host.local_addr().unwrap().port();
+    let t = boot(port);
+    t.expect(&format!("NET-READY mac={MAC} ip={GUEST_IP}\n"), GUEST_TIMEOUT);
+    t.expect("NET-ARP-OK host_mac=52:55:0a:00:02:02\n", GUEST_TIMEOUT);
+    t.expect("NET-PING-OK\n", GUEST_TIMEOUT);
+    t.expect("NET-UDP-SENT\n", GUEST_TIMEOUT);
+
+    // The hello arrives from the backend's socket for this flow.
+    let mut buf = [0u8; 2048];
+    let (n, flow) = host.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], format!("HELLO-UDP {GUEST_IP}").as_bytes());
+    assert!(flow.ip().is_loopback(), "{flow}");
+
+    // Datagrams to the flow reach the guest's echo port and come back.
+    for i in 0..20 {
+        let msg = format!("echo-{i}");
+        host.send_to(msg.as_bytes(), flow).unwrap();
+        let (n, from) = host.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (msg.as_bytes(), flow));
+    }
+    let c = t.vm.user_net_counters(0).unwrap();
+    assert_eq!((c.flows_opened, c.open_udp), (1, 1), "{c:?}");
+
+    // A new policy without the rule closes the flow: nothing comes back.
+    t.vm.set_net_policy(0, NetPolicy::deny_all()).unwrap();
+    assert_eq!(t.vm.net_policy(0).unwrap(), NetPolicy::deny_all());
+    // The backend applies it at its next turn (woken at once).
+    std::thread::sleep(Duration::from_millis(200));
+    host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = host.send_to(b"after", flow);
+    assert!(host.recv_from(&mut buf).is_err(), "the closed flow still echoes");
+    let c = t.vm.user_net_counters(0).unwrap();
+    assert_eq!((c.flows_closed_by_policy, c.open_udp), (1, 0), "{c:?}");
+    assert!(t.lines_with("NET-ERROR").is_empty(), "{}", t.console.text());
+
+    // Errors name the device: a TAP interface has no policy.
+    assert!(t.vm.set_net_policy(1, NetPolicy::deny_all()).is_err());
+    t.vm.stop();
+}
+
+#[test]
+fn the_policy_travels_in_a_snapshot() {
+    let host = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let t = boot(port);
+    t.expect("NET-UDP-SENT\n", GUEST_TIMEOUT);
+    let replaced = policy(r#"{"allow":["*.example.com:443"],"hosts":{"svc.test":"127.0.0.1"}}"#);
+    t.vm.set_net_policy(0, replaced.clone()).unwrap();
+    t.vm.pause().unwrap();
+    let dir = std::env::temp_dir().join(format!("hearth-net-user-snap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    t.vm.snapshot(&dir).unwrap();
+    t.vm.stop();
+    drop(t);
+
+    let console = SerialBuffer::new();
+    let vm = Vm::restore(&dir, &RestoreOptions::new().serial(SerialOutput::Buffer(console))).unwrap();
+    assert_eq!(vm.net_policy(0).unwrap(), replaced);
+    // The snapshot's config records it too.
+    let saved = hearth::Snapshot::open(&dir).unwrap();
+    let json = serde_json::to_string(saved.config()).unwrap();
+    assert!(json.contains("*.example.com:443"), "{json}");
+    vm.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
