@@ -363,6 +363,37 @@ mod tests {
     }
 
     #[test]
+    fn user_net_allow_and_host() {
+        let c = run_args(&[
+            "--kernel",
+            "/k",
+            "--net",
+            "user,mac=52:54:00:00:00:02",
+            "--allow",
+            "127.0.0.1:8080",
+            "--allow",
+            "*.example.com:443",
+            "--host",
+            "svc.test=127.0.0.1",
+        ])
+        .to_config()
+        .unwrap();
+        let hearth::NetBackendKind::User(spec) = &c.nets[0].kind else {
+            panic!("{:?}", c.nets[0]);
+        };
+        let rules: Vec<String> = spec.policy.allow.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["127.0.0.1:8080", "*.example.com:443"]);
+        assert_eq!(spec.policy.hosts["svc.test"], std::net::Ipv4Addr::LOCALHOST);
+        // Rules need a user-mode interface, and must parse.
+        let e = run_args(&["--kernel", "/k", "--allow", "1.2.3.4"])
+            .to_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("--net user"), "{e}");
+        assert!(Cli::try_parse_from(["hearth", "run", "--allow", "not a rule"]).is_err());
+        assert!(Cli::try_parse_from(["hearth", "run", "--host", "x=not-an-ip"]).is_err());
+    }
+
+    #[test]
     fn vsock_spec() {
         let c = run_args(&["--kernel", "/k", "--vsock", "cid=5,uds=/tmp/v.sock"])
             .to_config()

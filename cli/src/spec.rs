@@ -199,6 +199,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn user_net_specs() {
+        let n = parse_net("user,mac=52:54:00:00:00:09,mtu=1400").unwrap();
+        assert!(matches!(n.kind, NetBackendKind::User(_)), "{n:?}");
+        assert_eq!((n.mac.as_deref(), n.mtu), (Some("52:54:00:00:00:09"), Some(1400)));
+        let dir = std::env::temp_dir().join(format!("hearth-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.json");
+        std::fs::write(
+            &file,
+            r#"{"allow":["10.1.0.0/16:22"],"hosts":{"db.test":"10.1.2.3"}}"#,
+        )
+        .unwrap();
+        let n = parse_net(&format!("user,policy={}", file.display())).unwrap();
+        let NetBackendKind::User(spec) = n.kind else {
+            panic!()
+        };
+        assert_eq!(spec.policy.allow[0].to_string(), "10.1.0.0/16:22");
+        std::fs::write(&file, r#"{"allow":["no such rule"]}"#).unwrap();
+        assert!(parse_net(&format!("user,policy={}", file.display())).is_err());
+        assert!(parse_net(&format!("tap=t0,policy={}", file.display())).is_err());
+        assert!(parse_net("user,policy=/nonexistent/p.json").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            parse_host("Svc.Test.=127.0.0.1"),
+            Ok(("svc.test".into(), std::net::Ipv4Addr::LOCALHOST))
+        );
+        assert!(parse_host("svc").is_err());
+    }
+
+    #[test]
     fn rates() {
         assert_eq!(parse_rate("1500"), Ok(1500));
         assert_eq!(parse_rate("4K"), Ok(4096));
