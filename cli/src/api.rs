@@ -20,6 +20,8 @@
 //!                                  {"ok":true}   (user-mode interface `index`; flows the
 //!                                  new policy does not allow are closed; docs/NETWORK.md)
 //! {"cmd":"net_policy","index":0}   {"ok":true,"policy":{..},"counters":{..}}
+//! {"cmd":"metrics"}                {"ok":true,"metrics":{..}}   (docs/OBSERVABILITY.md)
+//! {"cmd":"set_ttl","ttl_ms":5000}  {"ok":true}   (from now; `"ttl_ms":null` clears it)
 //! {"cmd":"stop"}                   {"ok":true}
 //! anything else                    {"ok":false,"error":"..."}
 //! ```
@@ -82,6 +84,11 @@ enum Command {
     NetPolicy {
         #[serde(default)]
         index: usize,
+    },
+    Metrics,
+    /// A new TTL from now; null clears it.
+    SetTtl {
+        ttl_ms: Option<u64>,
     },
     Stop,
 }
@@ -150,6 +157,14 @@ fn reply(vm: &Vm, cmd: Command) -> Value {
             let c = vm.user_net_counters(index)?;
             Ok(json!({"ok": true, "policy": p, "counters": c}))
         }),
+        Command::Metrics => Ok(json!({"ok": true, "metrics": vm.metrics()})),
+        Command::SetTtl { ttl_ms: Some(0) } => {
+            Ok(json!({"ok": false, "error": "ttl_ms must be more than 0"}))
+        }
+        Command::SetTtl { ttl_ms } => {
+            vm.set_ttl(ttl_ms.map(std::time::Duration::from_millis));
+            Ok(json!({"ok": true}))
+        }
         Command::Stop => Ok(json!({"ok": true})),
     };
     result.unwrap_or_else(|e| json!({"ok": false, "error": e.to_string()}))

@@ -45,6 +45,8 @@ pub struct ControlArgs {
     /// seccomp filters on the VMM's threads: enforce (default), log or off.
     #[arg(long, value_name = "MODE", value_parser = parse_seccomp)]
     pub seccomp: Option<SeccompMode>,
+    #[command(flatten)]
+    pub observe: crate::observe::ObserveArgs,
 }
 
 #[derive(Debug, Args)]
@@ -95,7 +97,7 @@ fn parse_disk_override(s: &str) -> Result<(usize, DiskConfig), String> {
 }
 
 impl RestoreArgs {
-    /// The restore options these flags describe.
+    /// The restore options these flags describe (but the output files).
     pub fn options(&self) -> RestoreOptions {
         let mut o = RestoreOptions::new().paused(self.paused).memory(if self.eager {
             RestoreMemory::Eager
@@ -117,7 +119,7 @@ impl RestoreArgs {
         if let Some(mode) = self.control.seccomp {
             o = o.seccomp(mode);
         }
-        o
+        self.control.observe.apply_restore(o)
     }
 }
 
@@ -256,6 +258,7 @@ impl RunArgs {
         if let Some(mode) = self.control.seccomp {
             c.seccomp = mode;
         }
+        self.control.observe.apply(&mut c)?;
         c.validate()?;
         Ok(c)
     }

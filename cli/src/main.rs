@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 when the guest resets or shuts down, 1 when the VM
 //! cannot start (one line on stderr says why), 2 when the guest crashes
-//! or the VMM fails while running. `hearth exec` exits with the command's
+//! or the VMM fails while running, 3 when its `--ttl` ran out, 4 when it
+//! was idle for `--idle-timeout` and was snapshotted and stopped. `hearth exec` exits with the command's
 //! status (128 + N for signal N), or 125 when it fails itself.
 
 // The launcher's job is to talk to the terminal.
@@ -12,6 +13,7 @@ mod api;
 mod cli;
 mod exec;
 mod jail;
+mod observe;
 mod spec;
 
 use std::os::unix::net::UnixListener;
@@ -21,7 +23,15 @@ use std::time::Instant;
 
 use clap::Parser;
 use cli::{Cli, Command, ControlArgs, RestoreArgs, RunArgs};
-use hearth::{Vm, VmConfig};
+use hearth::{ExitReason, Vm, VmConfig};
+
+/// Exit status when the VM's TTL ran out.
+const EXIT_TTL: u8 = 3;
+/// Exit status when the VM was idle, snapshotted and stopped.
+const EXIT_IDLE_SNAPSHOT: u8 = 4;
+
+/// Where and how often to write metrics.
+type MetricsOut = (std::fs::File, std::time::Duration);
 
 /// Binds the API socket if asked.
 fn api_listener(control: &ControlArgs) -> anyhow::Result<Option<UnixListener>> {
@@ -30,30 +40,52 @@ fn api_listener(control: &ControlArgs) -> anyhow::Result<Option<UnixListener>> {
 
 /// Serves the API socket if given, waits for the guest, and maps its exit
 /// to the process status.
-fn supervise(vm: Vm, api: Option<UnixListener>) -> anyhow::Result<ExitCode> {
+fn supervise(vm: Vm, api: Option<UnixListener>, metrics: Option<MetricsOut>) -> anyhow::Result<ExitCode> {
     let vm = Arc::new(vm);
     if let Some(listener) = api {
         api::serve(vm.clone(), listener)?;
     }
+    let metrics = metrics
+        .map(|(file, interval)| observe::start_metrics(vm.clone(), file, interval))
+        .transpose()?;
     let reason = vm.wait();
-    // The API thread may still hold a clone; the process exits right after.
+    if let Some(file) = &metrics {
+        observe::write_metrics(&vm, file);
+    }
+    // Other threads may still hold a clone; the process exits right after.
+    // Stopping it here delivers the exit event before the process ends.
+    vm.stop();
     drop(vm);
-    if reason.is_clean() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("hearth: {reason}");
-        Ok(ExitCode::from(2))
+    match reason {
+        ExitReason::TtlExpired => {
+            eprintln!("hearth: {reason}");
+            Ok(ExitCode::from(EXIT_TTL))
+        }
+        ExitReason::IdleSnapshot(_) => {
+            eprintln!("hearth: {reason}");
+            Ok(ExitCode::from(EXIT_IDLE_SNAPSHOT))
+        }
+        r if r.is_clean() => Ok(ExitCode::SUCCESS),
+        r => {
+            eprintln!("hearth: {r}");
+            Ok(ExitCode::from(2))
+        }
     }
 }
 
 fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
-    let vm = Vm::restore(&args.dir, &args.options())?;
+    let out = args.control.observe.open_outputs()?;
+    let mut options = args.options();
+    if let Some(sink) = out.events {
+        options = options.events(sink);
+    }
+    let vm = Vm::restore(&args.dir, &options)?;
     if args.timing {
         eprintln!("hearth: restored in {} us", t.elapsed().as_micros());
     }
     let api = api_listener(&args.control)?;
-    supervise(vm, api)
+    supervise(vm, api, out.metrics)
 }
 
 /// Boots `config` and prints the guest-ready time if asked.
@@ -73,20 +105,19 @@ fn start(config: VmConfig, boot_timer: bool) -> anyhow::Result<Vm> {
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.to_config()?;
-    match &args.jail {
-        // The API socket is bound before entering the jail, where its
-        // path is not visible.
-        Some(spec) => jail::run(
-            spec,
-            config,
-            || api_listener(&args.control),
-            |config, api| supervise(start(config, args.boot_timer)?, api),
-        ),
-        None => {
-            let vm = start(config, args.boot_timer)?;
-            let api = api_listener(&args.control)?;
-            supervise(vm, api)
+    // The API socket and the output files are opened before entering the
+    // jail, where their paths are not visible.
+    let outside =
+        || -> anyhow::Result<_> { Ok((api_listener(&args.control)?, args.control.observe.open_outputs()?)) };
+    let go = |mut config: VmConfig, (api, out): (Option<UnixListener>, observe::Outputs)| {
+        if let Some(sink) = out.events {
+            config.events = Some(sink);
         }
+        supervise(start(config, args.boot_timer)?, api, out.metrics)
+    };
+    match &args.jail {
+        Some(spec) => jail::run(spec, config, outside, go),
+        None => go(config, outside()?),
     }
 }
 

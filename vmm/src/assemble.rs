@@ -13,10 +13,11 @@ use crate::kvm::vcpu::Vcpu;
 use crate::kvm::vm::KvmVm;
 use crate::kvm::{self, kick, Host, KvmError};
 use crate::memory::GuestMemoryMmap;
+use crate::observe::observer::{Identity, Observer};
 use crate::runner::Runner;
 use crate::seccomp::{Filter, ThreadKind};
 use crate::snapshot::state::DevicesState;
-use crate::vm::Vm;
+use crate::vm::VmCore;
 
 /// Checks the host can run `config`, and returns its KVM capabilities.
 pub(crate) fn prepare_host(config: &VmConfig) -> Result<Arc<Host>, Error> {
@@ -60,7 +61,10 @@ impl Assembly {
         // Memslots before the irqchip: see KvmVm::register_memory.
         kvm_vm.register_memory(&memory)?;
         kvm_vm.setup_irqchip(config.pit)?;
-        let run_state = Arc::new(RunState::new().map_err(|source| Error::Setup {
+        // Opened now, before any seccomp filter or jail hides /proc.
+        let _ = crate::observe::memory::pagemap();
+        let obs = Observer::new(Identity::of(config), config.vcpus as usize);
+        let run_state = Arc::new(RunState::new(obs).map_err(|source| Error::Setup {
             what: "the exit eventfd",
             source,
         })?);
@@ -91,7 +95,7 @@ impl Assembly {
         cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
         config: VmConfig,
         paused: bool,
-    ) -> Result<Vm, Error> {
+    ) -> Result<VmCore, Error> {
         let DeviceSetup {
             devices, subscribers, ..
         } = self.setup;
@@ -100,18 +104,21 @@ impl Assembly {
         } else {
             let filter = Filter::new(ThreadKind::EventLoop, config.seccomp)?;
             Some(
-                EventLoop::start(subscribers, filter).map_err(|source| Error::Thread {
-                    what: "event loop",
-                    source,
-                })?,
+                EventLoop::start(subscribers, filter, self.run_state.obs.threads.clone()).map_err(
+                    |source| Error::Thread {
+                        what: "event loop",
+                        source,
+                    },
+                )?,
             )
         };
-        let mut vm = Vm {
+        let mut vm = VmCore {
             runner: Runner::new(event_loop, self.run_state.clone()),
             run_state: self.run_state,
             devices,
             refresh: None,
             origin: None,
+            memory_sample: std::sync::Mutex::new(None),
             kvm_vm: self.kvm_vm,
             memory: self.memory,
             config,

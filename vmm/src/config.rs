@@ -1,12 +1,14 @@
 //! The VM configuration: plain serde data, a builder, and validation.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
 pub use crate::limits::ResourceLimits;
 pub use crate::memory::MemoryBacking;
+use crate::observe::{AuditConfig, EventSink, IdleAction, IdlePolicy, Labels};
 use crate::seccomp::SeccompMode;
 use crate::serial_output::{SerialBuffer, SerialCallback};
 
@@ -130,6 +132,12 @@ pub enum ConfigError {
     /// A resource limit is out of range.
     #[error("limits: {0}")]
     Limits(String),
+    /// The id or a label is invalid.
+    #[error("{0}")]
+    Identity(String),
+    /// The TTL or idle policy is invalid.
+    #[error("{0}")]
+    Deadline(String),
     /// The JSON did not parse; the message starts with the field's path.
     #[error("invalid config: {0}")]
     Json(String),
@@ -200,6 +208,96 @@ pub struct VmConfig {
     /// (docs/LIMITS.md).
     #[serde(default, skip_serializing_if = "is_default_limits")]
     pub limits: ResourceLimits,
+    /// The VM's id on its events and metrics; by default Hearth makes one
+    /// (16 hex digits). A snapshot keeps it, so a restore is the same VM
+    /// unless given another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Key/value pairs (tenant, team, trace id…) copied onto every event.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Where lifecycle events go (library only; docs/OBSERVABILITY.md).
+    #[serde(skip)]
+    pub events: Option<EventSink>,
+    /// Time to live, counted from the start (pauses included): the VM
+    /// then stops with [`ExitReason::TtlExpired`](crate::ExitReason). A
+    /// snapshot keeps what is left of it. JSON: `ttl_ms`.
+    #[serde(
+        default,
+        rename = "ttl_ms",
+        with = "crate::observe::millis::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    /// What happens to the VM when it is idle for long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdlePolicy>,
+    /// The audit of processes the agent runs (on by default).
+    #[serde(default, skip_serializing_if = "is_default_audit")]
+    pub audit: AuditConfig,
+}
+
+fn is_default_audit(a: &AuditConfig) -> bool {
+    *a == AuditConfig::default()
+}
+
+/// Most labels on a VM.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key or VM id, in bytes.
+pub const MAX_LABEL_KEY: usize = 128;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 1024;
+
+/// Checks a VM id and labels.
+pub(crate) fn validate_identity(id: Option<&str>, labels: &Labels) -> Result<(), ConfigError> {
+    if let Some(id) = id {
+        if id.is_empty() || id.len() > MAX_LABEL_KEY || id.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::Identity(format!(
+                "id must be 1 to {MAX_LABEL_KEY} bytes without control characters"
+            )));
+        }
+    }
+    if labels.len() > MAX_LABELS {
+        return Err(ConfigError::Identity(format!(
+            "{} labels; at most {MAX_LABELS}",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY || v.len() > MAX_LABEL_VALUE {
+            return Err(ConfigError::Identity(format!(
+                "label {k:?}: keys are 1 to {MAX_LABEL_KEY} bytes, values at most {MAX_LABEL_VALUE}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a TTL and an idle policy.
+pub(crate) fn validate_deadlines(
+    ttl: Option<Duration>,
+    idle: Option<&IdlePolicy>,
+) -> Result<(), ConfigError> {
+    if ttl == Some(Duration::ZERO) {
+        return Err(ConfigError::Deadline("ttl must be more than 0".into()));
+    }
+    if let Some(p) = idle {
+        if p.timeout.is_zero() {
+            return Err(ConfigError::Deadline("idle timeout must be more than 0".into()));
+        }
+        if !(p.cpu_threshold >= 0.0 && p.cpu_threshold.is_finite()) {
+            return Err(ConfigError::Deadline(format!(
+                "idle cpu_threshold must be a CPU fraction of 0 or more, got {}",
+                p.cpu_threshold
+            )));
+        }
+        if let IdleAction::Snapshot(dir) = &p.action {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::Deadline("idle snapshot directory is empty".into()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_default_limits(l: &ResourceLimits) -> bool {
@@ -248,6 +346,12 @@ impl VmConfig {
                 vsock: None,
                 seccomp: SeccompMode::default(),
                 limits: ResourceLimits::default(),
+                id: None,
+                labels: Labels::new(),
+                events: None,
+                ttl: None,
+                idle: None,
+                audit: AuditConfig::default(),
             },
         }
     }
@@ -279,6 +383,8 @@ impl VmConfig {
 
     /// Checks everything that does not depend on the host.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_identity(self.id.as_deref(), &self.labels)?;
+        validate_deadlines(self.ttl, self.idle.as_ref())?;
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus {
                 got: self.vcpus,
@@ -441,6 +547,38 @@ impl VmConfigBuilder {
     /// What the seccomp filters do (see [`SeccompMode`]).
     pub fn seccomp(mut self, mode: SeccompMode) -> Self {
         self.config.seccomp = mode;
+        self
+    }
+    /// The VM's id on events and metrics.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.config.id = Some(id.into());
+        self
+    }
+    /// Adds a label copied onto every event.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.labels.insert(key.into(), value.into());
+        self
+    }
+    /// Where lifecycle events go.
+    pub fn events(mut self, sink: EventSink) -> Self {
+        self.config.events = Some(sink);
+        self
+    }
+    /// Time to live: the VM stops with
+    /// [`ExitReason::TtlExpired`](crate::ExitReason) this long after its
+    /// start.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = Some(ttl);
+        self
+    }
+    /// When idle for `timeout`, `action` (pause, or snapshot and stop).
+    pub fn idle_timeout(mut self, timeout: Duration, action: IdleAction) -> Self {
+        self.config.idle = Some(IdlePolicy::new(timeout, action));
+        self
+    }
+    /// What audit records keep.
+    pub fn audit(mut self, audit: AuditConfig) -> Self {
+        self.config.audit = audit;
         self
     }
     /// Validates and returns the config.

@@ -12,6 +12,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::observe::threads::ThreadSet;
 use crate::seccomp::Filter;
 
 /// A subscriber as the loop holds it: shared with whoever created it.
@@ -74,7 +75,7 @@ pub(crate) struct EventLoop {
 
 impl EventLoop {
     /// Registers `subscribers` and starts the thread.
-    pub fn start(subscribers: Vec<Subscriber>, filter: Filter) -> io::Result<Self> {
+    pub fn start(subscribers: Vec<Subscriber>, filter: Filter, threads: ThreadSet) -> io::Result<Self> {
         let mut manager: EventManager<Subscriber> =
             EventManager::new().map_err(|e| io::Error::other(format!("event manager: {e:?}")))?;
         for s in subscribers {
@@ -92,9 +93,11 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("hearth-events".into())
             .spawn(move || {
+                threads.register_current("events");
                 if let Err(e) = filter.install() {
                     // Devices stop; the guest sees them hang, the log says why.
                     log::error!("event loop not started: {e}");
+                    threads.finish();
                     return;
                 }
                 while !flag.load(Ordering::SeqCst) {
@@ -103,6 +106,7 @@ impl EventLoop {
                         break;
                     }
                 }
+                threads.finish();
             })?;
         log::trace!("event loop started, control fd {}", evt.as_raw_fd());
         Ok(Self {

@@ -1,5 +1,6 @@
 //! Why a VM stopped, and the shared state every thread uses to report it.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use hearth_devices::legacy::BootTime;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::kvm::kick;
+use crate::observe::event::EventKind;
+use crate::observe::observer::Observer;
 
 /// Why a VM stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,12 +29,22 @@ pub enum ExitReason {
     Stopped,
     /// The VMM itself failed (an ioctl error, a dead thread).
     Error(String),
+    /// The VM's time to live ran out ([`VmConfig::ttl`](crate::VmConfig)).
+    TtlExpired,
+    /// The VM was idle for its idle timeout, and was snapshotted into this
+    /// directory and stopped ([`IdleAction::Snapshot`](crate::IdleAction)).
+    /// Restoring the snapshot continues it.
+    IdleSnapshot(PathBuf),
 }
 
 impl ExitReason {
-    /// True for the orderly ends: reset, shutdown and stop.
+    /// True for the orderly ends: reset, shutdown, stop, TTL and idle
+    /// snapshot.
     pub fn is_clean(&self) -> bool {
-        matches!(self, Self::Reset | Self::Shutdown | Self::Stopped)
+        matches!(
+            self,
+            Self::Reset | Self::Shutdown | Self::Stopped | Self::TtlExpired | Self::IdleSnapshot(_)
+        )
     }
 }
 
@@ -43,6 +56,8 @@ impl std::fmt::Display for ExitReason {
             Self::Crash(why) => write!(f, "guest crashed: {why}"),
             Self::Stopped => f.write_str("stopped"),
             Self::Error(why) => write!(f, "VMM error: {why}"),
+            Self::TtlExpired => f.write_str("time to live expired"),
+            Self::IdleSnapshot(dir) => write!(f, "idle: snapshotted into {} and stopped", dir.display()),
         }
     }
 }
@@ -66,6 +81,8 @@ pub(crate) struct RunState {
     /// Threads to kick on exit. `None` once teardown began: from then on
     /// the threads may be joined, and kicking them would be unsound.
     kick_list: Mutex<Option<Vec<libc::pthread_t>>>,
+    /// Identity, events, counters and deadlines.
+    pub obs: Observer,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,8 +90,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RunState {
-    pub fn new() -> std::io::Result<Self> {
+    pub fn new(obs: Observer) -> std::io::Result<Self> {
         Ok(Self {
+            obs,
             status: Mutex::new(Status::default()),
             changed: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -94,6 +112,7 @@ impl RunState {
         }
         self.stopping.store(true, Ordering::SeqCst);
         self.changed.notify_all();
+        self.obs.update(|l| l.exited = true);
         let _ = self.exit_evt.write(1);
         self.kick_all();
     }
@@ -133,8 +152,15 @@ impl RunState {
     }
 
     pub fn record_boot(&self, time: BootTime) {
-        lock(&self.status).boot = Some(time);
+        let first = lock(&self.status).boot.replace(time).is_none();
         self.changed.notify_all();
+        // Only the first marker is an event: the guest may write more.
+        if !first {
+            return;
+        }
+        self.obs.emit(EventKind::Booted {
+            boot_us: u64::try_from(time.wall.as_micros()).unwrap_or(u64::MAX),
+        });
     }
 
     /// Blocks until the guest wrote its boot-ready marker, the VM exited, or
@@ -192,7 +218,7 @@ mod tests {
 
     #[test]
     fn first_exit_wins_and_wakes_waiters() {
-        let rs = Arc::new(RunState::new().unwrap());
+        let rs = Arc::new(RunState::new(Observer::new(Default::default(), 1)).unwrap());
         assert_eq!(rs.wait_exit(Some(Duration::from_millis(5))), None);
         let r2 = rs.clone();
         let waiter = std::thread::spawn(move || r2.wait_exit(None));
@@ -207,7 +233,7 @@ mod tests {
 
     #[test]
     fn kick_list_closes() {
-        let rs = RunState::new().unwrap();
+        let rs = RunState::new(Observer::new(Default::default(), 1)).unwrap();
         rs.close_kick_list();
         assert!(!rs.add_kick_target(0));
         rs.kick_all();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::config::{NetConfig, SerialOutput};
 use crate::error::Error;
+use crate::observe::observer::fresh_id;
 use crate::snapshot::{memory, MemorySource, RestoreOptions, Snapshot, SnapshotError};
 use crate::vm::Vm;
 
@@ -132,7 +133,7 @@ impl Vm {
             }
         }
         let was_paused = self.is_paused();
-        self.pause()?;
+        self.pause_by("fork")?;
         let captured = self.capture_for_fork(&options.dir);
         if !was_paused {
             self.resume()?;
@@ -141,7 +142,9 @@ impl Vm {
         let child_options = |i: usize| {
             let mut o = RestoreOptions::new()
                 .paused(options.paused)
-                .serial(SerialOutput::None);
+                .serial(SerialOutput::None)
+                .id(fresh_id());
+            o.fork_of = Some((self.id().to_string(), i));
             if self.config.vsock.is_some() {
                 o = o.vsock_uds_path(options.dir.join(format!("child-{i}.vsock")));
             }

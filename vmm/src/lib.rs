@@ -44,6 +44,7 @@ mod limits;
 mod memory;
 mod metrics;
 mod net;
+mod observe;
 mod rate_limits;
 mod registry;
 mod runner;
@@ -64,8 +65,8 @@ pub use agent::{
 pub use boot::BootError;
 pub use config::{
     BootProtocol, ConfigError, DiskConfig, DiskFactory, MemoryBacking, NetConfig, NetFactory, ResourceLimits,
-    SerialInput, SerialOutput, VmConfig, VmConfigBuilder, VsockConfig, DEFAULT_CMDLINE, MAX_MEMORY_MIB,
-    MIN_MEMORY_MIB,
+    SerialInput, SerialOutput, VmConfig, VmConfigBuilder, VsockConfig, DEFAULT_CMDLINE, MAX_LABELS,
+    MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 pub use device_manager::DeviceError;
 pub use error::Error;
@@ -74,25 +75,30 @@ pub use fork::{ChildOptions, ForkError, ForkOptions};
 pub use hearth_devices::guest_log::GuestLogCounters;
 pub use hearth_devices::legacy::{BootTime, BOOT_TIMER_MAGIC, BOOT_TIMER_PORT};
 pub use hearth_devices::rate_limiter::{BucketConfig, RateLimit};
-pub use hearth_devices::virtio::net::user::{
-    FlowEvent, FlowProtocol, FlowRecord, FlowRecorder, NetPolicy, PolicyError, Rule as NetRule, UserNetCounters,
-    UserNetLimits,
-};
-pub use net::{NetBackendKind, UserNetSpec};
 pub use hearth_devices::unix_socket::clear_stale_socket;
 pub use hearth_devices::virtio::block::{BlockCounters, DiskBackend, DiskError, FileDisk, MemoryDisk};
+pub use hearth_devices::virtio::net::user::{
+    FlowEvent, FlowProtocol, FlowRecord, FlowRecorder, NetPolicy, PolicyError, Rule as NetRule,
+    UserNetCounters, UserNetLimits,
+};
 pub use hearth_devices::virtio::net::{GuestOffloads, MemoryNet, NetBackend, NetCounters, Tap, TapError};
+pub use hearth_devices::virtio::vsock::VsockTraffic;
 pub use kvm::vcpu::VcpuError;
 pub use kvm::KvmError;
 pub use memory::MemoryError;
-pub use metrics::{DeviceProblems, VmMetrics, VsockCounters};
+pub use metrics::{DeviceProblems, VcpuMetrics, VmMetrics, VsockCounters, MEMORY_SAMPLE_MAX_AGE};
+pub use net::{NetBackendKind, UserNetSpec};
+pub use observe::{
+    AgentRequests, AuditConfig, AuditRecord, EventKind, EventSink, ExitCounts, IdleAction, IdlePolicy,
+    Labels, MemoryUsage, ThreadCpu, Totals, VmEvent, DEFAULT_IDLE_CPU_THRESHOLD, REDACTED,
+};
 pub use seccomp::SeccompMode;
 pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
 pub use snapshot::{
     FormatError, RestoreMemory, RestoreOptions, Snapshot, SnapshotError, SnapshotInfo, SnapshotOptions,
     MAX_DIFF_DEPTH, MEMORY_FILE, STATE_FILE,
 };
-pub use vm::Vm;
+pub use vm::{Vm, VmCore};
 pub use vsock::VsockConnectError;
 
 #[cfg(test)]

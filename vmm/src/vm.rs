@@ -1,7 +1,8 @@
 //! The public handle of a running VM.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hearth_devices::legacy::boot_timer::process_cpu_time;
@@ -19,6 +20,7 @@ use crate::kvm::vcpu::Vcpu;
 use crate::kvm::vm::KvmVm;
 use crate::kvm::Host;
 use crate::memory::{create_guest_memory, GuestMemoryMmap};
+use crate::observe::{EventKind, IdlePolicy, Labels, MemoryUsage};
 use crate::runner::Runner;
 use crate::seccomp::Filter;
 
@@ -26,7 +28,8 @@ use crate::seccomp::Filter;
 ///
 /// `Vm` is `Send` and `Sync`; many can run in one process. Dropping it
 /// stops the guest and releases every thread, file descriptor and mapping
-/// it owns before `drop` returns.
+/// it owns before `drop` returns. Its operations are those of
+/// [`VmCore`], which it dereferences to.
 ///
 /// ```no_run
 /// use hearth::{Vm, VmConfig};
@@ -37,6 +40,16 @@ use crate::seccomp::Filter;
 /// ```
 #[derive(Debug)]
 pub struct Vm {
+    core: Arc<VmCore>,
+    /// The lifecycle thread: events, TTL and idle timeout
+    /// ([`crate::observe::life`]). It holds a clone of `core`.
+    life: Option<JoinHandle<()>>,
+}
+
+/// A running VM's state and operations. Reached through [`Vm`] (which
+/// dereferences to it); the VM's lifecycle thread shares it too.
+#[derive(Debug)]
+pub struct VmCore {
     // Fields drop in order: the threads are gone (see Drop) before the
     // vCPU and VM fds close, and those close before guest memory unmaps.
     pub(crate) runner: Runner,
@@ -48,12 +61,21 @@ pub struct Vm {
     /// For a VM restored lazily from a snapshot: what a diff snapshot of it
     /// refers to.
     pub(crate) origin: Option<crate::snapshot::create::Origin>,
+    /// The last guest memory sample, for [`VmCore::metrics`].
+    pub(crate) memory_sample: Mutex<Option<(Instant, MemoryUsage)>>,
     pub(crate) kvm_vm: KvmVm,
     pub(crate) memory: GuestMemoryMmap,
     pub(crate) config: VmConfig,
     pub(crate) host: Arc<Host>,
     /// The CPUID table set on each vCPU.
     pub(crate) cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
+}
+
+impl std::ops::Deref for Vm {
+    type Target = VmCore;
+    fn deref(&self) -> &VmCore {
+        &self.core
+    }
 }
 
 impl Vm {
@@ -87,7 +109,7 @@ impl Vm {
                 vcpu.setup_boot_registers(&parts.memory, entry)?;
             }
         }
-        let vm = parts.launch(vcpus, cpuids, config, false)?;
+        let vm = Vm::from_core(parts.launch(vcpus, cpuids, config, false)?, None)?;
         log::debug!(
             "VM started in {} us ({} vCPUs, {} MiB)",
             t0.0.elapsed().as_micros(),
@@ -97,6 +119,30 @@ impl Vm {
         Ok(vm)
     }
 
+    /// Wraps a launched VM: starts its lifecycle thread and reports it
+    /// created (then `how`: restored or forked).
+    pub(crate) fn from_core(core: VmCore, how: Option<EventKind>) -> Result<Self, Error> {
+        let core = Arc::new(core);
+        let obs = &core.run_state.obs;
+        if core.runner.is_paused() {
+            obs.mark_paused();
+        }
+        obs.emit(EventKind::Created {
+            vcpus: core.config.vcpus,
+            memory_mib: core.config.memory_mib,
+        });
+        if let Some(how) = how {
+            obs.emit(how);
+        }
+        let life = crate::observe::life::spawn(core.clone())?;
+        Ok(Self {
+            core,
+            life: Some(life),
+        })
+    }
+}
+
+impl VmCore {
     /// Starts the vCPU threads; with `paused` they park before running
     /// guest code and the event loop is parked too.
     pub(crate) fn spawn_vcpus(
@@ -138,9 +184,7 @@ impl Vm {
     /// Stops the guest and returns the exit reason, which is
     /// [`ExitReason::Stopped`] unless the guest had already exited.
     pub fn stop(&self) -> ExitReason {
-        self.run_state.request_exit(ExitReason::Stopped);
-        self.runner.stop();
-        self.wait()
+        self.end(ExitReason::Stopped)
     }
 
     /// Stops every vCPU at an instruction boundary (any exit in flight has
@@ -148,12 +192,36 @@ impl Vm {
     /// does not answer in time, every part runs again and the error says
     /// which. Idempotent.
     pub fn pause(&self) -> Result<(), Error> {
-        self.runner.pause()
+        self.pause_by("api")
+    }
+
+    /// [`pause`](Self::pause), with the reason its event gives.
+    pub(crate) fn pause_by(&self, by: &str) -> Result<(), Error> {
+        self.runner.pause()?;
+        let obs = &self.run_state.obs;
+        if obs.mark_paused() {
+            obs.emit(EventKind::Paused { by: by.to_string() });
+        }
+        Ok(())
     }
 
     /// Lets a paused VM run again. Idempotent.
     pub fn resume(&self) -> Result<(), Error> {
-        self.runner.resume()
+        self.runner.resume()?;
+        let obs = &self.run_state.obs;
+        if let Some(d) = obs.mark_resumed() {
+            obs.emit(EventKind::Resumed {
+                paused_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the VM with `reason` (unless it already ended).
+    pub(crate) fn end(&self, reason: ExitReason) -> ExitReason {
+        self.run_state.request_exit(reason);
+        self.runner.stop();
+        self.wait()
     }
 
     /// True while paused.
@@ -206,6 +274,32 @@ impl Vm {
     pub fn config(&self) -> &VmConfig {
         &self.config
     }
+
+    /// The VM's id: [`VmConfig::id`], or the one Hearth made at start.
+    pub fn id(&self) -> &str {
+        &self.run_state.obs.id
+    }
+
+    /// The VM's labels, as on its events.
+    pub fn labels(&self) -> &Labels {
+        &self.run_state.obs.labels
+    }
+
+    /// Sets the time to live from now (`None`: none). When it runs out the
+    /// VM stops with [`ExitReason::TtlExpired`].
+    pub fn set_ttl(&self, ttl: Option<Duration>) {
+        self.run_state.obs.set_ttl(ttl);
+    }
+
+    /// The time to live left, if the VM has one.
+    pub fn ttl_remaining(&self) -> Option<Duration> {
+        self.run_state.obs.ttl_remaining()
+    }
+
+    /// Sets or clears the idle policy; idleness is measured from now.
+    pub fn set_idle_timeout(&self, policy: Option<IdlePolicy>) {
+        self.run_state.obs.set_idle(policy);
+    }
 }
 
 impl Drop for Vm {
@@ -214,7 +308,18 @@ impl Drop for Vm {
         if self.run_state.exit_reason().is_none() {
             self.stop();
         }
-        self.runner.join();
+        // The lifecycle thread reports the exit, delivers what is queued
+        // and ends; then this is the only handle on the core.
+        self.run_state.obs.update(|l| l.shutdown = true);
+        if let Some(life) = self.life.take() {
+            if life.join().is_err() {
+                log::error!("the lifecycle thread panicked");
+            }
+        }
+        match Arc::get_mut(&mut self.core) {
+            Some(core) => core.runner.join(),
+            None => log::error!("VM core still shared at drop: its threads are left to end on their own"),
+        }
         self.devices.serial.flush();
         log::debug!("VM threads stopped in {} us", t.elapsed().as_micros());
     }

@@ -22,6 +22,7 @@ use crate::arch::x86_64::regs::{boot_fpu, boot_regs, setup_sregs, EntryPoint, Wr
 use crate::arch::x86_64::{lapic, msr};
 use crate::exit::{ExitReason, RunState};
 use crate::memory::GuestMemoryMmap;
+use crate::observe::exits::{ExitCounters, ExitKind};
 
 /// The PIO and MMIO buses every vCPU dispatches exits through. Immutable
 /// once the vCPUs run: lookups take no lock.
@@ -193,6 +194,20 @@ impl Vcpu {
         filter: Filter,
     ) -> VcpuFd {
         kick::bind(self.fd.get_kvm_run());
+        let threads = self.run_state.obs.threads.clone();
+        threads.register_current(&format!("vcpu{}", self.index));
+        let fd = self.run_filtered(requests, responses, paused, filter);
+        threads.finish();
+        fd
+    }
+
+    fn run_filtered(
+        mut self,
+        requests: Receiver<VcpuRequest>,
+        responses: Sender<VcpuResponse>,
+        paused: bool,
+        filter: Filter,
+    ) -> VcpuFd {
         if let Err(e) = filter.install() {
             self.run_state
                 .request_exit(ExitReason::Error(format!("vCPU {}: {e}", self.index)));
@@ -210,10 +225,15 @@ impl Vcpu {
                 return self.fd;
             }
         }
+        let run_state = self.run_state.clone();
+        let exits = run_state.obs.exits.get(usize::from(self.index));
         while !self.run_state.is_stopping() {
             let action = match self.fd.run() {
-                Ok(exit) => dispatch(&self.io, self.index, exit),
+                Ok(exit) => dispatch(&self.io, self.index, exit, exits),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if let Some(c) = exits {
+                        c.count(ExitKind::Interrupted);
+                    }
                     self.fd.set_kvm_immediate_exit(0);
                     if self.serve_requests(&requests, &responses) {
                         Action::Continue
@@ -287,7 +307,22 @@ impl Vcpu {
     }
 }
 
-fn dispatch(io: &IoBuses, index: u8, exit: VcpuExit) -> Action {
+fn exit_kind(exit: &VcpuExit) -> ExitKind {
+    match exit {
+        VcpuExit::IoIn(..) => ExitKind::IoIn,
+        VcpuExit::IoOut(..) => ExitKind::IoOut,
+        VcpuExit::MmioRead(..) => ExitKind::MmioRead,
+        VcpuExit::MmioWrite(..) => ExitKind::MmioWrite,
+        VcpuExit::Intr => ExitKind::Interrupted,
+        VcpuExit::InternalError => ExitKind::Emulated,
+        _ => ExitKind::Other,
+    }
+}
+
+fn dispatch(io: &IoBuses, index: u8, exit: VcpuExit, exits: Option<&ExitCounters>) -> Action {
+    if let Some(c) = exits {
+        c.count(exit_kind(&exit));
+    }
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !io.pio.read(u64::from(port), data) {

@@ -146,12 +146,20 @@ const API: &[i64] = &[
     libc::SYS_unlinkat,
     libc::SYS_unlink,
     libc::SYS_getdents64,
+    // realpath (a snapshot's directory is recorded canonical).
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
     libc::SYS_mincore,
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
 ];
 
+/// Guest memory accounting (`Vm::metrics`) from the API and lifecycle
+/// threads.
+const PAGEMAP_SCAN: u64 = crate::observe::memory::PAGEMAP_SCAN;
+
 const API_IOCTLS: &[u64] = &[
+    PAGEMAP_SCAN,
     KVM_CHECK_EXTENSION,
     KVM_GET_CLOCK,
     KVM_GET_IRQCHIP,

@@ -11,8 +11,9 @@ use super::{format, memory, SnapshotError, SnapshotInfo, MEMORY_FILE, STATE_FILE
 use crate::config::SerialOutput;
 use crate::error::Error;
 use crate::kvm::{vcpu_state, vm_state};
+use crate::observe::EventKind;
 use crate::runner::PausedGuard;
-use crate::vm::Vm;
+use crate::vm::VmCore;
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Write {
@@ -62,7 +63,7 @@ fn random_id() -> u64 {
     hearth_devices::legacy::Generation::fresh().map_or(0, |g| g.generation)
 }
 
-impl Vm {
+impl VmCore {
     /// Saves the paused VM into `dir` (created if needed): the state file
     /// and the guest memory. The VM stays paused. A VM restored from a
     /// snapshot writes a **diff** (only the pages changed since, and a
@@ -94,6 +95,14 @@ impl Vm {
         };
         let mut config = self.config.clone();
         self.devices.record_rate_limits(&mut config);
+        // The restore is the same VM (unless given another id), with the
+        // TTL it has left.
+        let obs = &self.run_state.obs;
+        config.id = Some(obs.id.clone());
+        config.ttl = obs
+            .ttl_remaining()
+            .map(|t| t.max(std::time::Duration::from_millis(1)));
+        config.idle = obs.life().idle.clone();
         if matches!(config.serial, SerialOutput::Buffer(_) | SerialOutput::Callback(_)) {
             config.serial = SerialOutput::None;
         }
@@ -203,12 +212,20 @@ impl Vm {
             }
         };
         drop(paused);
-        Ok(SnapshotInfo {
+        let info = SnapshotInfo {
             state_bytes: state_bytes as u64,
             memory_bytes: stats.size,
             memory_written: stats.written,
             parent: diff_of.map(|o| o.parent.dir.clone()),
             duration: t.elapsed(),
-        })
+        };
+        self.run_state.obs.emit(EventKind::Snapshotted {
+            dir: canonical,
+            state_bytes: info.state_bytes,
+            memory_written: info.memory_written,
+            parent: info.parent.clone(),
+            ms: info.duration.as_secs_f64() * 1e3,
+        });
+        Ok(info)
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hearth_devices::legacy::boot_timer::process_cpu_time;
 use kvm_ioctls::Cap;
@@ -14,9 +14,10 @@ use super::{cpu_check, memory, mtime_ns, MemorySource, RestoreMemory, Snapshot, 
 use crate::agent::refresh::RefreshHook;
 use crate::agent::DEFAULT_AGENT_PORT;
 use crate::assemble::{prepare_host, Assembly};
-use crate::config::{DiskConfig, NetConfig, SerialOutput};
+use crate::config::{validate_deadlines, validate_identity, DiskConfig, NetConfig, SerialOutput};
 use crate::error::Error;
 use crate::kvm::vm_state;
+use crate::observe::{EventKind, EventSink, IdlePolicy, Labels};
 use crate::seccomp::SeccompMode;
 use crate::vm::Vm;
 
@@ -49,6 +50,22 @@ pub struct RestoreOptions {
     /// saved disk state (each clone of a snapshot with overlay disks needs
     /// its own).
     pub disk_overlays: BTreeMap<usize, PathBuf>,
+    /// A new id (default: the snapshotted VM's, so that a VM suspended and
+    /// resumed stays one VM; give each clone its own).
+    pub id: Option<String>,
+    /// Labels added to (or replacing same-key) ones the snapshot recorded.
+    pub labels: Labels,
+    /// Where the restored VM's events go (a snapshot does not keep the
+    /// sink).
+    pub events: Option<EventSink>,
+    /// A new time to live from the restore (default: what was left at the
+    /// snapshot).
+    pub ttl: Option<Duration>,
+    /// A new idle policy (default: the snapshot's).
+    pub idle: Option<IdlePolicy>,
+    /// Set by fork: the parent's id and the child's index, for the
+    /// `forked` event.
+    pub(crate) fork_of: Option<(String, usize)>,
 }
 
 impl RestoreOptions {
@@ -97,6 +114,31 @@ impl RestoreOptions {
         self.disk_overlays.insert(index, path.into());
         self
     }
+    /// The restored VM's id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+    /// Adds or replaces a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+    /// Where events go.
+    pub fn events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
+        self
+    }
+    /// A new time to live, from the restore.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+    /// A new idle policy.
+    pub fn idle_timeout(mut self, policy: IdlePolicy) -> Self {
+        self.idle = Some(policy);
+        self
+    }
     /// Whether to skip the agent refresh after the restore.
     pub fn skip_agent_refresh(mut self, skip: bool) -> Self {
         self.skip_agent_refresh = skip;
@@ -121,6 +163,22 @@ impl Snapshot {
         if let Some(mode) = options.seccomp {
             config.seccomp = mode;
         }
+        if let Some(id) = &options.id {
+            config.id = Some(id.clone());
+        }
+        let from_vm = state.config.id.clone();
+        config.labels.extend(options.labels.clone());
+        if let Some(sink) = &options.events {
+            config.events = Some(sink.clone());
+        }
+        if let Some(ttl) = options.ttl {
+            config.ttl = Some(ttl);
+        }
+        if let Some(idle) = &options.idle {
+            config.idle = Some(idle.clone());
+        }
+        validate_identity(config.id.as_deref(), &config.labels)?;
+        validate_deadlines(config.ttl, config.idle.as_ref())?;
         if let (Some(path), Some(v)) = (&options.vsock_uds_path, config.vsock.as_mut()) {
             v.uds_path = path.clone();
         }
@@ -178,6 +236,17 @@ impl Snapshot {
         vm_state::restore(parts.kvm_vm.fd(), &state.vm).map_err(SnapshotError::VmState)?;
         let cpuids = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
         let mut vm = parts.launch(vcpus, cpuids, config, options.paused)?;
+        let how = match &options.fork_of {
+            Some((parent, child)) => EventKind::Forked {
+                parent: parent.clone(),
+                child: *child,
+            },
+            None => EventKind::Restored {
+                snapshot: Some(self.dir().to_path_buf()),
+                from_vm,
+                ms: t0.0.elapsed().as_secs_f64() * 1e3,
+            },
+        };
         // A lazily mapped VM knows which pages it writes from here on: a
         // snapshot of it can be a diff of this one.
         if let (MemorySource::Files(_), RestoreMemory::Lazy) = (&self.memory, options.memory) {
@@ -191,7 +260,7 @@ impl Snapshot {
                 Err(e) => log::warn!("cannot start the agent refresh thread: {e}"),
             }
         }
-        Ok(vm)
+        Vm::from_core(vm, Some(how))
     }
 }
 

@@ -189,6 +189,10 @@ impl Block {
                 }
                 if let Some(wait) = outcome.throttled {
                     BlockMetrics::add(&self.metrics.throttled, 1);
+                    BlockMetrics::add(
+                        &self.metrics.throttled_us,
+                        u64::try_from(wait.as_micros()).unwrap_or(u64::MAX),
+                    );
                     self.throttle.block_for(wait);
                 }
                 if outcome.more {

@@ -23,6 +23,8 @@ pub struct BlockMetrics {
     pub invalid_requests: AtomicU64,
     /// Times the rate limiter held the queue back.
     pub throttled: AtomicU64,
+    /// Time the rate limiter held the queue back, in microseconds.
+    pub throttled_us: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -38,6 +40,8 @@ pub struct BlockCounters {
     pub io_errors: u64,
     pub invalid_requests: u64,
     pub throttled: u64,
+    #[serde(default)]
+    pub throttled_us: u64,
 }
 
 impl BlockMetrics {
@@ -59,6 +63,7 @@ impl BlockMetrics {
             io_errors: g(&self.io_errors),
             invalid_requests: g(&self.invalid_requests),
             throttled: g(&self.throttled),
+            throttled_us: g(&self.throttled_us),
         }
     }
 }

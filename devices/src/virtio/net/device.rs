@@ -304,6 +304,7 @@ impl Net {
                 }
                 if let Some(wait) = outcome.throttled {
                     NetMetrics::add(&self.metrics.rx_throttled, 1);
+                    NetMetrics::add(&self.metrics.rx_throttled_us, micros(wait));
                     self.rx_throttle.block_for(wait);
                 }
                 if outcome.more {
@@ -332,6 +333,7 @@ impl Net {
                 }
                 if let Some(wait) = outcome.throttled {
                     NetMetrics::add(&self.metrics.tx_throttled, 1);
+                    NetMetrics::add(&self.metrics.tx_throttled_us, micros(wait));
                     self.tx_throttle.block_for(wait);
                 }
                 if outcome.more {
@@ -341,6 +343,11 @@ impl Net {
             Err(e) => self.broken_queue("tx", e),
         }
     }
+}
+
+/// `d` in whole microseconds, saturating.
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl VirtioDevice for Net {

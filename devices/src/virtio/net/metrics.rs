@@ -34,6 +34,10 @@ pub struct NetMetrics {
     pub rx_throttled: AtomicU64,
     /// Times the transmit rate limiter held frames back.
     pub tx_throttled: AtomicU64,
+    /// Time the receive rate limiter held frames back, in microseconds.
+    pub rx_throttled_us: AtomicU64,
+    /// Time the transmit rate limiter held frames back, in microseconds.
+    pub tx_throttled_us: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -51,6 +55,10 @@ pub struct NetCounters {
     pub tx_dropped_backend: u64,
     pub rx_throttled: u64,
     pub tx_throttled: u64,
+    #[serde(default)]
+    pub rx_throttled_us: u64,
+    #[serde(default)]
+    pub tx_throttled_us: u64,
 }
 
 impl NetMetrics {
@@ -74,6 +82,8 @@ impl NetMetrics {
             tx_dropped_backend: g(&self.tx_dropped_backend),
             rx_throttled: g(&self.rx_throttled),
             tx_throttled: g(&self.tx_throttled),
+            rx_throttled_us: g(&self.rx_throttled_us),
+            tx_throttled_us: g(&self.tx_throttled_us),
         }
     }
 }

@@ -20,4 +20,4 @@ mod tests;
 
 pub use defs::{DEFAULT_CONN_BUFFER, DEFAULT_MAX_CONNECTIONS};
 pub use device::{Vsock, VsockError};
-pub use muxer::{MuxerError, VsockLimits, MAX_CONTROL_PACKETS, MAX_PENDING_CLIENTS};
+pub use muxer::{MuxerError, VsockLimits, VsockTraffic, MAX_CONTROL_PACKETS, MAX_PENDING_CLIENTS};

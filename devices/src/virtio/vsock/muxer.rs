@@ -94,6 +94,25 @@ pub enum Watch {
 
 type Key = (u32, u32); // (host port, guest port)
 
+/// What went through a vsock device since it was created (a snapshot
+/// does not carry them over).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VsockTraffic {
+    /// Payload bytes the guest sent to host sockets.
+    pub tx_bytes: u64,
+    /// Payload bytes host sockets sent to the guest.
+    pub rx_bytes: u64,
+    /// Data packets the guest sent.
+    pub tx_packets: u64,
+    /// Data packets delivered to the guest.
+    pub rx_packets: u64,
+    /// Connections opened, either way.
+    pub connections_opened: u64,
+    /// Connections refused: no host listener, the connection limit, or
+    /// a host client the guest did not answer.
+    pub connections_refused: u64,
+}
+
 #[derive(Debug)]
 struct Client {
     stream: UnixStream,
@@ -128,6 +147,7 @@ pub struct Muxer {
     held_until: Option<Instant>,
     /// Host clients done with their handshake, waiting: (fd, guest port).
     waiting: Vec<(RawFd, u32)>,
+    traffic: VsockTraffic,
 }
 
 fn bind(path: &Path) -> Result<UnixListener, MuxerError> {
@@ -183,6 +203,7 @@ impl Muxer {
             graveyard: Vec::new(),
             held_until: None,
             waiting: Vec::new(),
+            traffic: VsockTraffic::default(),
         })
     }
 
@@ -214,6 +235,11 @@ impl Muxer {
     /// Control packets (RSTs) waiting for guest rx buffers.
     pub fn control_backlog(&self) -> usize {
         self.control.len()
+    }
+
+    /// What went through the device so far.
+    pub fn traffic(&self) -> VsockTraffic {
+        self.traffic
     }
 
     fn endpoint(&self) -> Endpoint {
@@ -323,6 +349,11 @@ impl Muxer {
         let key = (hdr.dst_port, hdr.src_port);
         if let Some(conn) = self.conns.get_mut(&key) {
             match conn.on_guest(hdr, data) {
+                Verdict::Ok if hdr.op == op::RW => {
+                    let t = &mut self.traffic;
+                    t.tx_packets = t.tx_packets.saturating_add(1);
+                    t.tx_bytes = t.tx_bytes.saturating_add(data.map_or(0, |d| d.len() as u64));
+                }
                 Verdict::Ok => {}
                 Verdict::Reset => conn.abort(),
                 Verdict::Closed => {}
@@ -354,10 +385,12 @@ impl Muxer {
             connect_nonblocking(&path).ok()
         };
         let Some(stream) = stream else {
+            self.traffic.connections_refused = self.traffic.connections_refused.saturating_add(1);
             let rst = self.rst_for(hdr);
             self.push_control(rst);
             return;
         };
+        self.traffic.connections_opened = self.traffic.connections_opened.saturating_add(1);
         let key = (hdr.dst_port, hdr.src_port);
         let conn = Connection::new_peer(stream, self.endpoint(), hdr.dst_port, hdr);
         self.by_fd.insert(conn.stream.as_raw_fd(), key);
@@ -382,7 +415,11 @@ impl Muxer {
             };
             let hdr = conn.next_rx(buf);
             self.refresh(key);
-            if hdr.is_some() {
+            if let Some(h) = &hdr {
+                if h.op == op::RW {
+                    self.traffic.rx_packets = self.traffic.rx_packets.saturating_add(1);
+                    self.traffic.rx_bytes = self.traffic.rx_bytes.saturating_add(u64::from(h.len));
+                }
                 return hdr;
             }
         }
@@ -535,6 +572,7 @@ impl Muxer {
     /// A host client asked for guest port `port`: send the guest a REQUEST.
     fn host_connect(&mut self, fd: RawFd, port: u32) {
         if self.conns.len() >= self.limits.max_connections {
+            self.traffic.connections_refused = self.traffic.connections_refused.saturating_add(1);
             self.drop_client(fd);
             return;
         }
@@ -545,6 +583,7 @@ impl Muxer {
         let key = (local_port, port);
         let asked = client.asked.unwrap_or_else(Instant::now);
         let conn = Connection::new_local(client.stream, self.endpoint(), local_port, port, asked);
+        self.traffic.connections_opened = self.traffic.connections_opened.saturating_add(1);
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
         self.refresh(key);
