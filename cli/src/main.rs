@@ -52,9 +52,12 @@ fn supervise(vm: Vm, api: Option<UnixListener>, metrics: Option<MetricsOut>) -> 
     if let Some(file) = &metrics {
         observe::write_metrics(&vm, file);
     }
-    // Other threads may still hold a clone; the process exits right after.
-    // Stopping it here delivers the exit event before the process ends.
+    // Other threads may still hold a clone and the process exits right
+    // after: the exit event must be written first.
     vm.stop();
+    if !vm.flush_events(std::time::Duration::from_secs(5)) {
+        log::warn!("the VM's last events were not written in time");
+    }
     drop(vm);
     match reason {
         ExitReason::TtlExpired => {

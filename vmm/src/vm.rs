@@ -296,6 +296,29 @@ impl VmCore {
         self.run_state.obs.ttl_remaining()
     }
 
+    /// After the VM exited: waits up to `timeout` until its events, the
+    /// `exited` event last, have been delivered to the sink. True if they
+    /// were (or the VM has no sink). Do not call it from the sink.
+    pub fn flush_events(&self, timeout: Duration) -> bool {
+        let obs = &self.run_state.obs;
+        if obs.sink.is_none() {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut life = obs.life();
+        while !life.drained {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            life = obs
+                .wake
+                .wait_timeout(life, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
     /// Sets or clears the idle policy; idleness is measured from now.
     pub fn set_idle_timeout(&self, policy: Option<IdlePolicy>) {
         self.run_state.obs.set_idle(policy);

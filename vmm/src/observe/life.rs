@@ -79,6 +79,10 @@ fn run(core: &VmCore) {
                 life = obs.life();
                 continue;
             }
+            if !life.drained {
+                life.drained = true;
+                obs.wake.notify_all();
+            }
             if life.shutdown {
                 return;
             }

@@ -36,6 +36,8 @@ pub(crate) struct LifeState {
     pub exited: bool,
     /// The `Vm` is being dropped: deliver what is queued and end.
     pub shutdown: bool,
+    /// The exit was reported and every event delivered.
+    pub drained: bool,
 }
 
 #[derive(Debug, Default)]
