@@ -192,6 +192,16 @@ impl Agent {
             if conn.write_blocked {
                 events |= libc::POLLOUT;
             }
+            // The peer's close must be seen also while the socket is not
+            // read (its process's stdin backlog is full), or a client that
+            // went away would leave its process running. A Unix socket
+            // then polls POLLHUP, but a vsock one does not (POLLHUP needs
+            // our own shutdown too): it polls POLLIN, which cannot be
+            // asked for here (it stays set while bytes wait unread), and
+            // POLLRDHUP.
+            if !conn.read_closed && !conn.rdhup_seen {
+                events |= libc::POLLRDHUP;
+            }
             // Even with no events: POLLHUP and POLLERR still come.
             add(pf, tk, &conn.sock, events, Token::Conn(cid));
         }
@@ -329,10 +339,17 @@ impl Agent {
         if revents & libc::POLLOUT != 0 {
             conn.write_blocked = false;
         }
-        if requested & libc::POLLIN != 0 && revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+        let hangup = libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP;
+        if requested & libc::POLLIN != 0 && revents & (libc::POLLIN | hangup) != 0 {
             self.conn_read(cid, &mut conn, now);
-        } else if revents & (libc::POLLHUP | libc::POLLERR) != 0 && conn.sock.peer_gone() {
-            self.conn_gone(cid, &mut conn);
+        } else if revents & hangup != 0 {
+            if conn.sock.peer_gone() {
+                self.conn_gone(cid, &mut conn);
+            } else if revents & libc::POLLRDHUP != 0 {
+                // Half-closed: its end of file is read once reading
+                // resumes.
+                conn.rdhup_seen = true;
+            }
         }
         self.conns.insert(cid, conn);
     }

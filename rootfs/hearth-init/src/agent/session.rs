@@ -77,6 +77,11 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     /// The peer sent end of file (it may still receive).
     pub read_closed: bool,
+    /// POLLRDHUP came while the socket was not read and the peer still
+    /// receives (it only half-closed): no longer asked for, it would stay
+    /// set; its end of file is read once reading resumes (and a Unix
+    /// peer's close then still polls POLLHUP).
+    pub rdhup_seen: bool,
     /// The socket took less than offered: wait for POLLOUT.
     pub write_blocked: bool,
     /// To be dropped.
@@ -96,6 +101,7 @@ impl Conn {
             },
             deadline: Some(deadline),
             read_closed: false,
+            rdhup_seen: false,
             write_blocked: false,
             dead: false,
         }
@@ -281,7 +287,11 @@ impl Agent {
                 p.close_stdin();
                 p.write_stdin();
             }
-            Message::Stdin(_) | Message::StdinClose => {
+            // Closing what is closed (or was never open) is harmless: a
+            // client attaching to a detached process cannot know whether
+            // it has a stdin, and closes it when its own input ends.
+            Message::StdinClose => {}
+            Message::Stdin(_) => {
                 return Err(errors::bad_request("STDIN without stdin, or after STDIN_CLOSE"));
             }
             Message::Resize(size) if p.is_tty => p.resize(size),
