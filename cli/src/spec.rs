@@ -157,19 +157,25 @@ pub fn parse_seccomp(s: &str) -> Result<SeccompMode, String> {
 /// `uid=N,gid=N[,dir=PATH]`: both ids required, neither 0 (root) nor
 /// 4294967295 (the "unchanged" value of setresuid); `dir` absolute.
 pub fn parse_jail(s: &str) -> Result<JailSpec, String> {
-    const EXPECTED: &str = "expected uid=N,gid=N[,dir=PATH]";
-    let (mut uid, mut gid, mut dir) = (None, None, None);
+    const EXPECTED: &str = "expected uid=N,gid=N[,dir=PATH][,net=host]";
+    let (mut uid, mut gid, mut dir, mut host_net) = (None, None, None, false);
     for opt in s.split(',') {
         match opt.split_once('=') {
             Some(("uid", v)) => uid = Some(parse_jail_id("uid", v)?),
             Some(("gid", v)) => gid = Some(parse_jail_id("gid", v)?),
             Some(("dir", v)) if v.starts_with('/') => dir = Some(PathBuf::from(v)),
             Some(("dir", v)) => return Err(format!("jail dir must be an absolute path, got {v:?}")),
+            Some(("net", "host")) => host_net = true,
             _ => return Err(format!("unknown jail option {opt:?}; {EXPECTED}")),
         }
     }
     match (uid, gid) {
-        (Some(uid), Some(gid)) => Ok(JailSpec { uid, gid, dir }),
+        (Some(uid), Some(gid)) => Ok(JailSpec {
+            uid,
+            gid,
+            dir,
+            host_net,
+        }),
         (None, _) => Err(format!("jail uid missing; {EXPECTED}")),
         (_, None) => Err(format!("jail gid missing; {EXPECTED}")),
     }
@@ -255,6 +261,8 @@ mod tests {
         let j = parse_jail("gid=7,dir=/srv/jail,uid=8").unwrap();
         assert_eq!((j.uid, j.gid), (8, 7));
         assert_eq!(j.dir.as_deref(), Some(std::path::Path::new("/srv/jail")));
+        assert!(!j.host_net);
+        assert!(parse_jail("uid=8,gid=7,net=host").unwrap().host_net);
         for (bad, why) in [
             ("", "unknown jail option"),
             ("uid=1", "gid missing"),

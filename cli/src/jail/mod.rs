@@ -52,6 +52,12 @@ pub struct JailSpec {
     pub gid: u32,
     /// The jail directory (default `/run/hearth/jail/<pid>`).
     pub dir: Option<PathBuf>,
+    /// Stay in the host's network namespace (`net=host`): what a
+    /// user-mode network interface needs, since its flows are the VMM's
+    /// own sockets (docs/NETWORK.md). By default the VMM gets a network
+    /// namespace of its own, where only TAPs opened before entering it
+    /// reach anything.
+    pub host_net: bool,
 }
 
 /// The jail directory, and whether this run created it (and so removes it).
@@ -192,8 +198,23 @@ impl Child<'_> {
         if let Some(path) = &self.plan.serial_file {
             create_serial_file(path, self.spec.uid, self.spec.gid)?;
         }
+        let user_net = config
+            .nets
+            .iter()
+            .any(|n| matches!(n.kind, hearth::NetBackendKind::User(_)));
+        if user_net && !self.spec.host_net {
+            bail!(
+                "a user-mode network interface in a jail needs the host's network namespace: \
+                 add net=host to --jail (docs/NETWORK.md)"
+            );
+        }
+        let flags = if self.spec.host_net {
+            libc::CLONE_NEWNS
+        } else {
+            libc::CLONE_NEWNS | libc::CLONE_NEWNET
+        };
         // SAFETY: unshare takes flags only.
-        if unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) } < 0 {
+        if unsafe { libc::unshare(flags) } < 0 {
             bail!(
                 "cannot create mount and network namespaces: {}",
                 io::Error::last_os_error()
