@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hearth::{DiskConfig, SerialBuffer, SerialOutput, Vm, VmConfig, VsockConfig};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nokaslr mitigations=off tsc=reliable \
-    no_timer_check noxsave nopku nofsgsbase clearcpuid=cx16,rdrand,rdseed,smap,popcnt nopv \
+    no_timer_check noxsave nopku nofsgsbase clearcpuid=cx16,rdrand,rdseed,smap,popcnt,erms,fsrm nopv \
     noreplace-smp lpj=4005 quiet rodata=off root=/dev/vda rw rootfstype=ext4 hearth.agent=1";
 
 /// Removes the temporary files when dropped.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use hearth::{AgentClient, Command, DiskConfig, SerialBuffer, SerialOutput, Vm, VmConfig, VsockConfig};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nokaslr mitigations=off tsc=reliable \
-    no_timer_check noxsave nopku nofsgsbase clearcpuid=cx16,rdrand,rdseed,smap,popcnt nopv \
+    no_timer_check noxsave nopku nofsgsbase clearcpuid=cx16,rdrand,rdseed,smap,popcnt,erms,fsrm nopv \
     noreplace-smp lpj=4005 quiet rodata=off root=/dev/vda rw rootfstype=ext4 hearth.agent=1";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;

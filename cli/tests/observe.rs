@@ -5,6 +5,7 @@
 // Integration tests: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+#[allow(dead_code, unused_macros, unused_imports)]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

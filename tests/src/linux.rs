@@ -155,9 +155,20 @@ impl AgentGuest {
     /// Boots this guest in agent mode with guest RAM in a memfd (see
     /// [`populate_guest_memfds`]) and `memory_mib` of it.
     pub fn start_memfd(&self, g: &LinuxGuest, memory_mib: u64) -> crate::TestVm {
+        self.start_memfd_with(g, memory_mib, |_| {})
+    }
+
+    /// [`start_memfd`](Self::start_memfd), with a last change to the config.
+    pub fn start_memfd_with(
+        &self,
+        g: &LinuxGuest,
+        memory_mib: u64,
+        change: impl FnOnce(&mut hearth::VmConfig),
+    ) -> crate::TestVm {
         let console = hearth::SerialBuffer::new();
         let mut config = self.vm(g).memory_mib(memory_mib).config(&console);
         config.memory_backing = hearth::MemoryBacking::Memfd;
+        change(&mut config);
         let vm = hearth::Vm::start(config).unwrap_or_else(|e| panic!("Vm::start failed: {e}"));
         crate::TestVm { vm, console }
     }

@@ -149,7 +149,8 @@ fn linux_agent_in_the_guest() {
     let memory_mib = (104 + mib * 5 / 4).max(128);
     let a = AgentGuest::new(&g, "agent");
     let t0 = Instant::now();
-    let t = a.start_memfd(&g, memory_mib);
+    let (sink, events) = hearth::EventSink::channel(4096);
+    let t = a.start_memfd_with(&g, memory_mib, |c| c.events = Some(sink));
     let _dump = ConsoleOnPanic::new("the agent VM", &t.console);
     t.expect("AGENT-READY port=52", LINUX_TIMEOUT);
     eprintln!(
@@ -160,6 +161,7 @@ fn linux_agent_in_the_guest() {
     let c = t.vm.agent().unwrap();
 
     commands(&c, &g.kernel_release);
+    audit(&t, &c, &events);
     streams_as_produced(&c);
     transfers(&c, &t.console, mib);
     files(&c);
@@ -168,6 +170,65 @@ fn linux_agent_in_the_guest() {
     concurrent_cats(&c);
     agent_restart(&t);
     t.vm.stop();
+}
+
+/// Each process the agent runs for a `Vm::agent` client gets one audit
+/// record, with its argv (secrets redacted), status and byte counts; the
+/// VM's metrics count the requests.
+fn audit(t: &hearth_tests::TestVm, c: &AgentClient, events: &std::sync::mpsc::Receiver<hearth::VmEvent>) {
+    let audits = |want: usize| {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(hearth::VmEvent {
+                    kind: hearth::EventKind::Audit(r),
+                    ..
+                }) => got.push(r),
+                Ok(_) => {}
+                Err(_) => panic!("{} audit records of {want}: {got:?}", got.len()),
+            }
+        }
+        got
+    };
+    while events.try_recv().is_ok() {}
+    let script = "printf hello; printf oops >&2; exit 3";
+    let out = c
+        .exec(&Command::new(["sh", "-c", script]).secret_arg("s3cr3t"))
+        .unwrap();
+    assert_eq!(out.status.code, Some(3));
+    let r = audits(1).remove(0);
+    assert_eq!(r.argv, ["sh", "-c", script, hearth::REDACTED]);
+    assert_eq!((r.exit_code, r.signal, r.uid), (Some(3), None, 0));
+    assert_eq!((r.stdin_bytes, r.stdout_bytes, r.stderr_bytes), (0, 5, 4));
+    assert!(r.process > 0 && r.end_ms >= r.start_ms, "{r:?}");
+    // A streamed process: its stdin counts too.
+    let mut p = c.spawn(&Command::new(["cat"]).stdin(true).cwd("/tmp")).unwrap();
+    p.stdin().unwrap().write_all(b"abc").unwrap();
+    p.close_stdin().unwrap();
+    let mut text = String::new();
+    p.stdout().unwrap().read_to_string(&mut text).unwrap();
+    assert_eq!(p.wait().unwrap().code, Some(0));
+    let r = audits(1).remove(0);
+    assert_eq!(r.argv, ["cat"]);
+    assert_eq!(r.cwd.as_deref(), Some("/tmp"));
+    assert_eq!((r.stdin_bytes, r.stdout_bytes, r.exit_code), (3, 3, Some(0)));
+    let m = t.vm.metrics();
+    assert!(
+        m.agent.requests.get("exec").copied().unwrap_or(0) >= 1,
+        "{:?}",
+        m.agent
+    );
+    assert!(
+        m.agent.requests.get("spawn").copied().unwrap_or(0) >= 1,
+        "{:?}",
+        m.agent
+    );
+    eprintln!(
+        "audit: records for exec and spawn; agent requests {:?}",
+        m.agent.requests
+    );
 }
 
 fn commands(c: &AgentClient, release: &str) {

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_agent_protocol::{
@@ -11,6 +12,7 @@ use hearth_agent_protocol::{
 };
 use serde_bytes::ByteBuf;
 
+use super::audit::{Reporter, Trail};
 use super::conn::{read_chunk, unexpected, Conn, Endpoint};
 use super::error::AgentError;
 use super::process::{Command, ExecOutput, ExitStatus, Process};
@@ -27,6 +29,9 @@ pub struct AgentClient {
     endpoint: Endpoint,
     timeout: Option<Duration>,
     output_cap: usize,
+    /// The VM it counts requests and audits processes for (clients from
+    /// [`Vm::agent`](crate::Vm::agent)).
+    reporter: Option<Reporter>,
 }
 
 fn bytes(s: impl AsRef<[u8]>) -> ByteBuf {
@@ -55,6 +60,7 @@ impl AgentClient {
             endpoint,
             timeout: Some(Duration::from_secs(600)),
             output_cap: DEFAULT_OUTPUT_CAP,
+            reporter: None,
         }
     }
 
@@ -82,6 +88,21 @@ impl AgentClient {
         &self.endpoint
     }
 
+    /// Reports requests and processes to `reporter`'s VM.
+    pub(crate) fn reporting(mut self, reporter: Reporter) -> Self {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// Runs one request of `kind`, counting it (and whether it failed).
+    fn tracked<T>(&self, kind: &str, f: impl FnOnce() -> Result<T, AgentError>) -> Result<T, AgentError> {
+        let result = f();
+        if let Some(r) = &self.reporter {
+            r.count(kind, &result);
+        }
+        result
+    }
+
     fn open(&self, request: &Message) -> Result<Conn, AgentError> {
         let mut conn = Conn::open(&self.endpoint, self.timeout)?;
         conn.send(request)?;
@@ -91,8 +112,24 @@ impl AgentClient {
     /// Starts a process; its streams are read and written through the
     /// returned handle.
     pub fn spawn(&self, command: &Command) -> Result<Process, AgentError> {
-        let conn = self.open(&Message::Spawn(command.spec.clone()))?;
-        Process::start(conn, command.spec.stdin, Some(command.spec.tty.is_some()))
+        let trail = self.trail(command, &command.spec);
+        let result = self.tracked("spawn", || {
+            let conn = self.open(&Message::Spawn(command.spec.clone()))?;
+            Process::start(
+                conn,
+                command.spec.stdin,
+                Some(command.spec.tty.is_some()),
+                trail.clone(),
+            )
+        });
+        if let (Err(e), Some(t)) = (&result, &trail) {
+            t.end(Err(e.to_string()));
+        }
+        result
+    }
+
+    fn trail(&self, command: &Command, spec: &hearth_agent_protocol::Spawn) -> Option<Arc<Trail>> {
+        self.reporter.as_ref()?.trail(spec, &command.secret)
     }
 
     /// Runs a command to its end (stdin is /dev/null) and collects its
@@ -100,17 +137,34 @@ impl AgentClient {
     pub fn exec(&self, command: &Command) -> Result<ExecOutput, AgentError> {
         let mut spec = command.spec.clone();
         spec.stdin = false;
+        let trail = self.trail(command, &spec);
+        let result = self.tracked("exec", || self.exec_spec(spec, trail.as_deref()));
+        if let Some(t) = &trail {
+            t.end(result.as_ref().map(|o| o.status).map_err(ToString::to_string));
+        }
+        result
+    }
+
+    fn exec_spec(
+        &self,
+        spec: hearth_agent_protocol::Spawn,
+        trail: Option<&Trail>,
+    ) -> Result<ExecOutput, AgentError> {
         let mut conn = self.open(&Message::Spawn(spec))?;
         match conn.recv()? {
-            Message::Started(_) => {}
+            Message::Started(s) => {
+                if let Some(t) = trail {
+                    t.started(s.id);
+                }
+            }
             other => return Err(unexpected("STARTED", &other)),
         }
         let mut out = ExecOutput::default();
         loop {
             // A command may be silent for long: no timeout between frames.
-            let (sink, chunk) = match conn.recv_patiently()? {
-                Message::Stdout(b) => (&mut out.stdout, b),
-                Message::Stderr(b) => (&mut out.stderr, b),
+            let (sink, chunk, is_out) = match conn.recv_patiently()? {
+                Message::Stdout(b) => (&mut out.stdout, b, true),
+                Message::Stderr(b) => (&mut out.stderr, b, false),
                 Message::Exit(e) => {
                     out.status = ExitStatus::from(e);
                     return Ok(out);
@@ -120,6 +174,9 @@ impl AgentClient {
             if sink.len() + chunk.len() > self.output_cap {
                 return Err(AgentError::OutputTooLarge(self.output_cap));
             }
+            if let Some(t) = trail {
+                Trail::add(if is_out { &t.stdout } else { &t.stderr }, chunk.len());
+            }
             sink.extend_from_slice(&chunk);
         }
     }
@@ -128,8 +185,10 @@ impl AgentClient {
     /// [`Command::detach`]: its kept output comes first. Its stdin is not
     /// connected (see [`attach_with_stdin`](Self::attach_with_stdin)).
     pub fn attach(&self, id: u64) -> Result<Process, AgentError> {
-        let conn = self.open(&Message::Attach(Attach { id }))?;
-        Process::start(conn, false, None)
+        self.tracked("attach", || {
+            let conn = self.open(&Message::Attach(Attach { id }))?;
+            Process::start(conn, false, None, None)
+        })
     }
 
     /// Like [`attach`](Self::attach), with the process's stdin, for a
@@ -137,31 +196,39 @@ impl AgentClient {
     /// (otherwise the agent ends the attachment at the first write; the
     /// process goes on).
     pub fn attach_with_stdin(&self, id: u64) -> Result<Process, AgentError> {
-        let conn = self.open(&Message::Attach(Attach { id }))?;
-        Process::start(conn, true, None)
+        self.tracked("attach", || {
+            let conn = self.open(&Message::Attach(Attach { id }))?;
+            Process::start(conn, true, None, None)
+        })
     }
 
     /// The processes the agent runs or keeps.
     pub fn list(&self) -> Result<Vec<ProcessInfo>, AgentError> {
-        let mut conn = self.open(&Message::List)?;
-        match conn.recv()? {
-            Message::Processes(list) => Ok(list),
-            other => Err(unexpected("PROCESSES", &other)),
-        }
+        self.tracked("list", || {
+            let mut conn = self.open(&Message::List)?;
+            match conn.recv()? {
+                Message::Processes(list) => Ok(list),
+                other => Err(unexpected("PROCESSES", &other)),
+            }
+        })
     }
 
     /// Sends `signal` to process `id`'s group.
     pub fn signal(&self, id: u64, signal: i32) -> Result<(), AgentError> {
-        self.open(&Message::Signal(Signal { id, signal }))?.expect_ok()
+        self.tracked("signal", || {
+            self.open(&Message::Signal(Signal { id, signal }))?.expect_ok()
+        })
     }
 
     /// Waits for process `id` to end.
     pub fn wait(&self, id: u64) -> Result<ExitStatus, AgentError> {
-        let mut conn = self.open(&Message::Wait(Wait { id }))?;
-        match conn.recv_patiently()? {
-            Message::Exit(e) => Ok(e.into()),
-            other => Err(unexpected("EXIT", &other)),
-        }
+        self.tracked("wait", || {
+            let mut conn = self.open(&Message::Wait(Wait { id }))?;
+            match conn.recv_patiently()? {
+                Message::Exit(e) => Ok(e.into()),
+                other => Err(unexpected("EXIT", &other)),
+            }
+        })
     }
 
     /// Writes `data` from a reader to `path` (created or replaced
@@ -173,48 +240,52 @@ impl AgentClient {
         parents: bool,
         mut data: impl Read,
     ) -> Result<u64, AgentError> {
-        let mut conn = self.open(&Message::Upload(Upload {
-            path: bytes(path),
-            mode,
-            parents,
-        }))?;
-        let mut buf = vec![0u8; MAX_CHUNK];
-        loop {
-            let n = read_chunk(&mut data, &mut buf)?;
-            if n == 0 {
-                break;
+        self.tracked("upload", || {
+            let mut conn = self.open(&Message::Upload(Upload {
+                path: bytes(path),
+                mode,
+                parents,
+            }))?;
+            let mut buf = vec![0u8; MAX_CHUNK];
+            loop {
+                let n = read_chunk(&mut data, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = conn.send(&Message::Data(buf[..n].to_vec())) {
+                    // The agent may have refused (e.g. the directory does not
+                    // exist) and closed: its reason beats the write error.
+                    return Err(conn.recv().err().unwrap_or(e));
+                }
             }
-            if let Err(e) = conn.send(&Message::Data(buf[..n].to_vec())) {
-                // The agent may have refused (e.g. the directory does not
-                // exist) and closed: its reason beats the write error.
-                return Err(conn.recv().err().unwrap_or(e));
+            conn.send(&Message::DataEnd)?;
+            match conn.recv()? {
+                Message::Uploaded(n) => Ok(n),
+                other => Err(unexpected("UPLOADED", &other)),
             }
-        }
-        conn.send(&Message::DataEnd)?;
-        match conn.recv()? {
-            Message::Uploaded(n) => Ok(n),
-            other => Err(unexpected("UPLOADED", &other)),
-        }
+        })
     }
 
     /// Streams `path` into `out`; returns the bytes read.
     pub fn download(&self, path: &str, mut out: impl Write) -> Result<u64, AgentError> {
-        let mut conn = self.open(&Message::Download(PathReq { path: bytes(path) }))?;
-        match conn.recv()? {
-            Message::FileInfo(_) => {}
-            other => return Err(unexpected("FILE_INFO", &other)),
-        }
-        let mut total = 0u64;
-        loop {
+        self.tracked("download", || {
+            let mut conn = self.open(&Message::Download(PathReq { path: bytes(path) }))?;
             match conn.recv()? {
-                Message::Data(chunk) => {
-                    out.write_all(&chunk)?;
-                    total += chunk.len() as u64;
-                }
-                Message::DataEnd => return Ok(total),
-                other => return Err(unexpected("DATA", &other)),
+                Message::FileInfo(_) => {}
+                other => return Err(unexpected("FILE_INFO", &other)),
             }
-        }
+            let mut total = 0u64;
+            loop {
+                match conn.recv()? {
+                    Message::Data(chunk) => {
+                        out.write_all(&chunk)?;
+                        total += chunk.len() as u64;
+                    }
+                    Message::DataEnd => return Ok(total),
+                    other => return Err(unexpected("DATA", &other)),
+                }
+            }
+        })
     }
 
     /// Creates or replaces `path` with `data`.
@@ -256,80 +327,92 @@ impl AgentClient {
 
     /// `path`'s metadata (not following a final symlink).
     pub fn stat(&self, path: &str) -> Result<FileStat, AgentError> {
-        match self.open(&Message::Stat(PathReq { path: bytes(path) }))?.recv()? {
-            Message::StatResult(s) => Ok(s),
-            other => Err(unexpected("STAT_RESULT", &other)),
-        }
+        self.tracked("stat", || {
+            match self.open(&Message::Stat(PathReq { path: bytes(path) }))?.recv()? {
+                Message::StatResult(s) => Ok(s),
+                other => Err(unexpected("STAT_RESULT", &other)),
+            }
+        })
     }
 
     /// The entries of directory `path`.
     pub fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, AgentError> {
-        let mut conn = self.open(&Message::ListDir(PathReq { path: bytes(path) }))?;
-        let mut all = Vec::new();
-        loop {
-            match conn.recv()? {
-                Message::DirEntries(chunk) => {
-                    if all.len() + chunk.entries.len() > MAX_DIR_ENTRIES {
-                        return Err(AgentError::OutputTooLarge(MAX_DIR_ENTRIES));
+        self.tracked("list_dir", || {
+            let mut conn = self.open(&Message::ListDir(PathReq { path: bytes(path) }))?;
+            let mut all = Vec::new();
+            loop {
+                match conn.recv()? {
+                    Message::DirEntries(chunk) => {
+                        if all.len() + chunk.entries.len() > MAX_DIR_ENTRIES {
+                            return Err(AgentError::OutputTooLarge(MAX_DIR_ENTRIES));
+                        }
+                        all.extend(chunk.entries);
+                        if !chunk.more {
+                            return Ok(all);
+                        }
                     }
-                    all.extend(chunk.entries);
-                    if !chunk.more {
-                        return Ok(all);
-                    }
+                    other => return Err(unexpected("DIR_ENTRIES", &other)),
                 }
-                other => return Err(unexpected("DIR_ENTRIES", &other)),
             }
-        }
+        })
     }
 
     /// Creates directory `path` (`parents`: like `mkdir -p`).
     pub fn mkdir(&self, path: &str, mode: u32, parents: bool) -> Result<(), AgentError> {
-        self.open(&Message::Mkdir(Mkdir {
-            path: bytes(path),
-            mode,
-            parents,
-        }))?
-        .expect_ok()
+        self.tracked("mkdir", || {
+            self.open(&Message::Mkdir(Mkdir {
+                path: bytes(path),
+                mode,
+                parents,
+            }))?
+            .expect_ok()
+        })
     }
 
     /// Removes `path` (`recursive`: a whole tree).
     pub fn remove(&self, path: &str, recursive: bool) -> Result<(), AgentError> {
-        self.open(&Message::Remove(Remove {
-            path: bytes(path),
-            recursive,
-        }))?
-        .expect_ok()
+        self.tracked("remove", || {
+            self.open(&Message::Remove(Remove {
+                path: bytes(path),
+                recursive,
+            }))?
+            .expect_ok()
+        })
     }
 
     /// Renames `from` to `to`.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), AgentError> {
-        self.open(&Message::Rename(Rename {
-            from: bytes(from),
-            to: bytes(to),
-        }))?
-        .expect_ok()
+        self.tracked("rename", || {
+            self.open(&Message::Rename(Rename {
+                from: bytes(from),
+                to: bytes(to),
+            }))?
+            .expect_ok()
+        })
     }
 
     /// Sets `path`'s permission bits.
     pub fn chmod(&self, path: &str, mode: u32) -> Result<(), AgentError> {
-        self.open(&Message::Chmod(Chmod {
-            path: bytes(path),
-            mode,
-        }))?
-        .expect_ok()
+        self.tracked("chmod", || {
+            self.open(&Message::Chmod(Chmod {
+                path: bytes(path),
+                mode,
+            }))?
+            .expect_ok()
+        })
     }
 
     /// Flushes the guest's file systems (before a snapshot).
     pub fn sync(&self) -> Result<(), AgentError> {
-        self.open(&Message::Sync)?.expect_ok()
+        self.tracked("sync", || self.open(&Message::Sync)?.expect_ok())
     }
 
     /// Makes the agent check the VM generation now: after a restore it
     /// reseeds the guest's RNG and sets its clock (docs/AGENT.md).
     pub fn refresh(&self) -> Result<Refreshed, AgentError> {
-        match self.open(&Message::Refresh)?.recv()? {
+        self.tracked("refresh", || match self.open(&Message::Refresh)?.recv()? {
             Message::Refreshed(r) => Ok(r),
             other => Err(unexpected("REFRESHED", &other)),
-        }
+        })
     }
 }

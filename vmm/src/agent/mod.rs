@@ -3,6 +3,7 @@
 //! restore hook (docs/AGENT.md). The wire format is the
 //! `hearth-agent-protocol` crate.
 
+mod audit;
 mod client;
 mod conn;
 mod error;
@@ -27,7 +28,8 @@ impl crate::Vm {
     /// A client for the guest agent on its default vsock port.
     pub fn agent(&self) -> Result<AgentClient, AgentError> {
         let v = self.config.vsock.as_ref().ok_or(VsockConnectError::NoVsock)?;
-        Ok(AgentClient::vsock(&v.uds_path, DEFAULT_AGENT_PORT))
+        Ok(AgentClient::vsock(&v.uds_path, DEFAULT_AGENT_PORT)
+            .reporting(audit::Reporter::new(self.run_state.clone())))
     }
 
     /// Runs a command in the guest through its agent and collects its

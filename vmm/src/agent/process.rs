@@ -12,6 +12,7 @@ use std::time::Duration;
 use hearth_agent_protocol::{ExitInfo, Message, Spawn, User, WinSize, MAX_CHUNK};
 use serde_bytes::ByteBuf;
 
+use super::audit::Trail;
 use super::conn::{guest, map_read_err, read_frame_patiently, unexpected, Conn};
 use super::error::AgentError;
 
@@ -29,6 +30,8 @@ const CHUNK_COST: usize = 64;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Command {
     pub(crate) spec: Spawn,
+    /// Arguments the VM's audit records as `[redacted]`.
+    pub(crate) secret: Vec<usize>,
 }
 
 impl Command {
@@ -42,7 +45,22 @@ impl Command {
                     .collect(),
                 ..Spawn::default()
             },
+            secret: Vec::new(),
         }
+    }
+
+    /// Adds an argument the VM's audit records as `[redacted]` (a token,
+    /// a password); the guest gets it as is.
+    pub fn secret_arg(mut self, arg: impl AsRef<[u8]>) -> Self {
+        self.secret.push(self.spec.argv.len());
+        self.spec.argv.push(ByteBuf::from(arg.as_ref().to_vec()));
+        self
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl AsRef<[u8]>) -> Self {
+        self.spec.argv.push(ByteBuf::from(arg.as_ref().to_vec()));
+        self
     }
     /// Adds `KEY=VALUE` to the environment (which then replaces the
     /// agent's).
@@ -211,6 +229,8 @@ struct Link {
     /// STDIN frames are welcome: the process has stdin and STDIN_CLOSE
     /// was not sent.
     stdin_open: bool,
+    /// The VM's audit of this process, if any.
+    trail: Option<Arc<Trail>>,
 }
 
 /// The process's standard input. Dropping it closes it (the process reads
@@ -261,6 +281,9 @@ impl Write for ProcessStdin {
         }
         link.stream
             .write_all(&Message::Stdin(buf[..n].to_vec()).encode())?;
+        if let Some(t) = &link.trail {
+            Trail::add(&t.stdin, n);
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -384,11 +407,19 @@ impl Process {
     /// Reads `STARTED` on `conn` and starts the thread that reads the
     /// streams. `stdin`: the process takes STDIN frames; `tty`: it has a
     /// terminal (`None`: not known).
-    pub(crate) fn start(mut conn: Conn, stdin: bool, tty: Option<bool>) -> Result<Self, AgentError> {
+    pub(crate) fn start(
+        mut conn: Conn,
+        stdin: bool,
+        tty: Option<bool>,
+        trail: Option<Arc<Trail>>,
+    ) -> Result<Self, AgentError> {
         let started = match conn.recv()? {
             Message::Started(s) => s,
             other => return Err(unexpected("STARTED", &other)),
         };
+        if let Some(t) = &trail {
+            t.started(started.id);
+        }
         // The process's output goes into bounded buffers; a full one stops
         // the reader (and so the guest process) until it is read.
         let (out, err) = (Arc::new(Pipe::default()), Arc::new(Pipe::default()));
@@ -399,11 +430,12 @@ impl Process {
         let writer = Arc::new(Mutex::new(Link {
             stream: conn.stream,
             stdin_open: stdin,
+            trail: trail.clone(),
         }));
         let (o, out_pipe, err_pipe) = (outcome.clone(), out.clone(), err.clone());
         std::thread::Builder::new()
             .name("hearth-agent-io".into())
-            .spawn(move || read_streams(reader, timeout, &out_pipe, &err_pipe, &o))?;
+            .spawn(move || read_streams(reader, timeout, &out_pipe, &err_pipe, &o, trail.as_deref()))?;
         Ok(Self {
             id: started.id,
             pid: started.pid,
@@ -565,6 +597,7 @@ fn read_streams(
     out: &Pipe,
     err: &Pipe,
     outcome: &Outcome,
+    trail: Option<&Trail>,
 ) {
     let result = loop {
         // A process may be silent for long: no timeout between frames.
@@ -581,8 +614,18 @@ fn read_streams(
         };
         match Message::decode(&frame) {
             // A stream nobody reads any more is dropped, not waited for.
-            Ok(Message::Stdout(b)) => out.push(b),
-            Ok(Message::Stderr(b)) => err.push(b),
+            Ok(Message::Stdout(b)) => {
+                if let Some(t) = trail {
+                    Trail::add(&t.stdout, b.len());
+                }
+                out.push(b)
+            }
+            Ok(Message::Stderr(b)) => {
+                if let Some(t) = trail {
+                    Trail::add(&t.stderr, b.len());
+                }
+                err.push(b)
+            }
             Ok(Message::OutputDropped(n)) => {
                 *outcome.dropped.lock().unwrap_or_else(|p| p.into_inner()) += n;
             }
@@ -594,6 +637,9 @@ fn read_streams(
     };
     out.end();
     err.end();
+    if let Some(t) = trail {
+        t.end(result.as_ref().map(|s| *s).map_err(|e| format!("{e:?}")));
+    }
     *outcome.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
     outcome.changed.notify_all();
 }

@@ -241,7 +241,11 @@ mod tests {
             unsafe { std::ptr::write_volatile(base.add(i * PAGE as usize), 1) };
         }
         let by_entries = count(read_entries, ptr as u64, pages * PAGE);
-        assert_eq!(by_entries, (14, 4, 10));
+        // Read faults map neighbouring page-cache pages too (fault-around):
+        // at least the 10 read are shared.
+        let (resident, private, shared) = by_entries;
+        assert_eq!(private, 4, "{by_entries:?}");
+        assert!(shared >= 10 && resident == private + shared, "{by_entries:?}");
         let mut t = Tally::default();
         match scan(pagemap().unwrap(), ptr as u64, ptr as u64 + pages * PAGE, &mut t) {
             Ok(()) => assert_eq!((t.resident, t.private, t.shared), by_entries),
