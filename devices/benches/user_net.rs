@@ -30,7 +30,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
 const MIB: usize = 16;
-const CONNS: usize = 200;
+const CONNS: usize = 50;
 const FLOWS: usize = 200;
 const T: Duration = Duration::from_secs(60);
 
