@@ -24,6 +24,7 @@ pub use targets::config_json::config_json;
 pub use targets::mmio_transport::mmio_transport;
 pub use targets::serial::serial;
 pub use targets::snapshot_state_decode::snapshot_state_decode;
+pub use targets::user_net::user_net;
 pub use targets::virtio_blk::virtio_blk;
 pub use targets::virtio_net_rx::virtio_net_rx;
 pub use targets::virtio_net_tx::virtio_net_tx;
@@ -34,7 +35,7 @@ pub type Target = fn(&[u8]);
 
 /// Every target, by name (the names of `fuzz/fuzz_targets/*.rs` and of
 /// the corpus directories).
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("mmio_transport", mmio_transport),
     ("virtio_blk", virtio_blk),
     ("virtio_net_tx", virtio_net_tx),
@@ -45,6 +46,7 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("config_json", config_json),
     ("cmdline", cmdline),
     ("agent_frames", agent_frames),
+    ("user_net", user_net),
 ];
 
 /// An interrupt line that goes nowhere.

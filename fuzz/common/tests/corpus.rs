@@ -108,6 +108,7 @@ target_tests!(
     serial,
     snapshot_state_decode,
     config_json,
+    user_net,
     cmdline,
     agent_frames,
 );

@@ -6,6 +6,7 @@ pub mod config_json;
 pub mod mmio_transport;
 pub mod serial;
 pub mod snapshot_state_decode;
+pub mod user_net;
 pub mod virtio_blk;
 pub mod virtio_net_rx;
 pub mod virtio_net_tx;
