@@ -1,7 +1,7 @@
 //! Metrics, lifecycle events, TTL and idle timeout on the bare-metal test
 //! guest (docs/OBSERVABILITY.md).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -246,6 +246,7 @@ fn a_ttl_of_2s_stops_a_spinning_guest_on_time() {
             .expect("the TTL stops the VM");
     let took = t0.elapsed();
     assert_eq!(reason, ExitReason::TtlExpired);
+    eprintln!("a 2 s TTL stopped the VM {took:?} after Vm::start was called");
     assert!(
         took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100),
         "stopped after {took:?}"
