@@ -28,7 +28,7 @@ cache_root="${HEARTH_CACHE:-$HOME/.cache/hearth}"
 target=x86_64-unknown-linux-gnu
 ext4_size_mib=32
 packages=(busybox-static e2fsprogs cpio)
-applets=(sh uname cat echo ls true false kill sleep sha256sum head wc env mkdir rm)
+applets=(sh uname cat echo ls true false kill sleep sha256sum head wc env mkdir rm wget)
 dirs=(dev proc sys tmp mnt)
 
 log() { printf 'rootfs: %s\n' "$*" >&2; }

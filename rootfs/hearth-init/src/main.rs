@@ -39,6 +39,7 @@ mod checks;
 mod cmdline;
 mod mounts;
 mod power;
+mod resolv;
 mod supervisor;
 mod sys;
 mod system;
@@ -163,6 +164,9 @@ fn parse_native(args: &[OsString]) -> Result<agent::Options, String> {
 fn init_system() {
     for e in mounts::mount_all() {
         console::line(&format!("hearth-init: {e}"));
+    }
+    if let Err(e) = resolv::write_from_kernel() {
+        console::line(&format!("hearth-init: {}: {e}", resolv::RESOLV_CONF));
     }
     if let Err(e) = boot_timer::signal() {
         console::line(&format!(
