@@ -41,6 +41,7 @@ pub mod kind {
 
     pub const SYNC: u8 = 0x40;
     pub const REFRESH: u8 = 0x41;
+    pub const MOUNT: u8 = 0x42;
 
     pub const STDIN: u8 = 0x50;
     pub const STDIN_CLOSE: u8 = 0x51;
@@ -171,6 +172,59 @@ pub struct Spawn {
     pub detach: bool,
     /// Whether STDIN frames follow; if not, stdin is /dev/null.
     pub stdin: bool,
+    /// Options added to protocol 2 later ([`SpawnExtra`]): sent after
+    /// the fields above, and only when not all default, so a SPAWN that
+    /// does not use them is byte for byte what every version-2 agent
+    /// reads (and an agent that predates them refuses one that does,
+    /// with `BadRequest`, rather than ignoring them).
+    /// (Boxed: most spawns have none, and every [`Message`] is as large
+    /// as its largest variant.)
+    #[serde(skip)]
+    pub extra: Box<SpawnExtra>,
+}
+
+/// The later, optional part of a [`Spawn`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnExtra {
+    /// chroot(2) into this directory (a path in the agent's root) before
+    /// `user` and `cwd` apply; PATH is then searched inside it.
+    pub root: Option<ByteBuf>,
+    /// setrlimit(2) in the child, after the agent's own defaults.
+    pub rlimits: Vec<Rlimit>,
+}
+
+impl SpawnExtra {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A resource limit for a spawned process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// The resource, as Linux numbers it (`RLIMIT_NOFILE` = 7, ...).
+    pub resource: u32,
+    /// Soft limit (`u64::MAX`: unlimited).
+    pub soft: u64,
+    /// Hard limit (`u64::MAX`: unlimited).
+    pub hard: u64,
+}
+
+/// Mount a file system in the guest (mount(2)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// The source: a block device, a directory (bind mounts) or a name.
+    pub source: ByteBuf,
+    /// Where (absolute path).
+    pub target: ByteBuf,
+    /// File system type (`ext4`, `proc`, ...; empty for bind mounts).
+    pub fstype: ByteBuf,
+    /// mount(2) flags (`MS_RDONLY`, `MS_BIND`, ...).
+    pub flags: u64,
+    /// File-system-specific options (`mode=755`); may be empty.
+    pub data: ByteBuf,
+    /// Create `target` (and its parents) first if missing.
+    pub mkdir: bool,
 }
 
 /// Attach to a process (detached or not, if no client is attached).
@@ -400,6 +454,7 @@ pub enum Message {
     Chmod(Chmod),
     Sync,
     Refresh,
+    Mount(Mount),
     Stdin(Vec<u8>),
     StdinClose,
     Resize(WinSize),
@@ -464,6 +519,33 @@ fn fields<'a, T: Deserialize<'a>>(kind: u8, bytes: &'a [u8]) -> Result<T, Decode
     }
 }
 
+/// A SPAWN body: the fields, then [`SpawnExtra`] only if it is not all
+/// default.
+fn spawn_body(spawn: &Spawn) -> Vec<u8> {
+    let mut out = body(spawn);
+    if !spawn.extra.is_default() {
+        out.extend(body(&spawn.extra));
+    }
+    out
+}
+
+/// Decodes a SPAWN body with or without its [`SpawnExtra`].
+fn spawn_fields(bytes: &[u8]) -> Result<Spawn, DecodeError> {
+    let bad = |reason: String| DecodeError::BadBody {
+        kind: kind::SPAWN,
+        reason,
+    };
+    let (mut spawn, rest) = postcard::take_from_bytes::<Spawn>(bytes).map_err(|e| bad(e.to_string()))?;
+    if !rest.is_empty() {
+        spawn.extra = Box::new(fields(kind::SPAWN, rest)?);
+        if spawn.extra.is_default() {
+            // Never sent that way: one encoding per message.
+            return Err(bad("default spawn options sent".into()));
+        }
+    }
+    Ok(spawn)
+}
+
 fn empty(kind: u8, bytes: &[u8], m: Message) -> Result<Message, DecodeError> {
     if bytes.is_empty() {
         Ok(m)
@@ -493,7 +575,7 @@ impl Message {
             Self::Hello(m) => (HELLO, body(m)),
             Self::HelloOk(m) => (HELLO_OK, body(m)),
             Self::Error(m) => (ERROR, body(m)),
-            Self::Spawn(m) => (SPAWN, body(m)),
+            Self::Spawn(m) => (SPAWN, spawn_body(m)),
             Self::Attach(m) => (ATTACH, body(m)),
             Self::List => (LIST, Vec::new()),
             Self::Signal(m) => (SIGNAL, body(m)),
@@ -508,6 +590,7 @@ impl Message {
             Self::Chmod(m) => (CHMOD, body(m)),
             Self::Sync => (SYNC, Vec::new()),
             Self::Refresh => (REFRESH, Vec::new()),
+            Self::Mount(m) => (MOUNT, body(m)),
             Self::Stdin(b) => (STDIN, b.clone()),
             Self::StdinClose => (STDIN_CLOSE, Vec::new()),
             Self::Resize(m) => (RESIZE, body(m)),
@@ -547,7 +630,7 @@ impl Message {
             HELLO => Self::Hello(fields(k, b)?),
             HELLO_OK => Self::HelloOk(fields(k, b)?),
             ERROR => Self::Error(fields(k, b)?),
-            SPAWN => Self::Spawn(fields(k, b)?),
+            SPAWN => Self::Spawn(spawn_fields(b)?),
             ATTACH => Self::Attach(fields(k, b)?),
             LIST => empty(k, b, Self::List)?,
             SIGNAL => Self::Signal(fields(k, b)?),
@@ -562,6 +645,7 @@ impl Message {
             CHMOD => Self::Chmod(fields(k, b)?),
             SYNC => empty(k, b, Self::Sync)?,
             REFRESH => empty(k, b, Self::Refresh)?,
+            MOUNT => Self::Mount(fields(k, b)?),
             STDIN => Self::Stdin(chunk(k, b)?),
             STDIN_CLOSE => empty(k, b, Self::StdinClose)?,
             RESIZE => Self::Resize(fields(k, b)?),
@@ -604,6 +688,7 @@ impl Message {
                 | Self::Chmod(_)
                 | Self::Sync
                 | Self::Refresh
+                | Self::Mount(_)
         )
     }
 }
@@ -662,6 +747,19 @@ mod tests {
                 tty: Some(WinSize { rows: 24, cols: 80 }),
                 detach: true,
                 stdin: true,
+                extra: Box::default(),
+            }),
+            Message::Spawn(Spawn {
+                argv: vec![b("/bin/busybox"), b("echo")],
+                extra: Box::new(SpawnExtra {
+                    root: Some(b("/run/task/rootfs")),
+                    rlimits: vec![Rlimit {
+                        resource: 7,
+                        soft: 1024,
+                        hard: u64::MAX,
+                    }],
+                }),
+                ..Spawn::default()
             }),
             Message::Attach(Attach { id: 7 }),
             Message::List,
@@ -694,6 +792,14 @@ mod tests {
             }),
             Message::Sync,
             Message::Refresh,
+            Message::Mount(Mount {
+                source: b("/dev/vdb"),
+                target: b("/run/task"),
+                fstype: b("ext4"),
+                flags: 0,
+                data: b(""),
+                mkdir: true,
+            }),
             Message::Stdin(vec![1, 2, 3]),
             Message::StdinClose,
             Message::Resize(WinSize { rows: 50, cols: 132 }),
@@ -803,6 +909,38 @@ mod tests {
     #[test]
     fn requests_are_told_apart() {
         let requests = samples().into_iter().filter(Message::is_request).count();
-        assert_eq!(requests, 15);
+        assert_eq!(requests, 17);
+    }
+
+    #[test]
+    fn spawn_options_are_sent_only_when_used() {
+        // Without options a SPAWN body is exactly protocol 2's first
+        // encoding (an older agent reads it).
+        let plain = Spawn {
+            argv: vec![b("true")],
+            ..Spawn::default()
+        };
+        let (_, body) = Message::Spawn(plain.clone()).to_frame();
+        assert_eq!(body, postcard::to_allocvec(&plain).unwrap());
+        // With them, the options follow; decoding gives them back.
+        let mut rooted = plain.clone();
+        rooted.extra.root = Some(b("/mnt"));
+        let (k, body) = Message::Spawn(rooted.clone()).to_frame();
+        assert!(body.starts_with(&postcard::to_allocvec(&plain).unwrap()));
+        assert_eq!(Message::from_parts(k, &body), Ok(Message::Spawn(rooted)));
+        // Default options sent explicitly, or garbage after the fields,
+        // are refused.
+        let mut explicit = postcard::to_allocvec(&plain).unwrap();
+        explicit.extend(postcard::to_allocvec(&SpawnExtra::default()).unwrap());
+        assert!(matches!(
+            Message::from_parts(k, &explicit),
+            Err(DecodeError::BadBody { .. })
+        ));
+        let mut garbage = postcard::to_allocvec(&plain).unwrap();
+        garbage.extend([1, 0xff]);
+        assert!(matches!(
+            Message::from_parts(k, &garbage),
+            Err(DecodeError::BadBody { .. })
+        ));
     }
 }

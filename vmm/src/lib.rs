@@ -59,8 +59,8 @@ mod vsock;
 
 pub use agent::{
     AgentClient, AgentError, Command, DirEntry, Endpoint, ExecOutput, ExitStatus, FileKind, FileStat,
-    GuestErrorKind, Process, ProcessInfo, ProcessOutput, ProcessState, ProcessStdin, RefreshOutcome,
-    Refreshed, DEFAULT_AGENT_PORT,
+    GuestErrorKind, GuestMount, Process, ProcessInfo, ProcessOutput, ProcessState, ProcessStdin,
+    RefreshOutcome, Refreshed, DEFAULT_AGENT_PORT,
 };
 pub use boot::BootError;
 pub use config::{

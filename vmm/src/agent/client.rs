@@ -15,7 +15,7 @@ use serde_bytes::ByteBuf;
 use super::audit::{Reporter, Trail};
 use super::conn::{read_chunk, unexpected, Conn, Endpoint};
 use super::error::AgentError;
-use super::process::{Command, ExecOutput, ExitStatus, Process};
+use super::process::{Command, ExecOutput, ExitStatus, GuestMount, Process};
 
 /// What `exec` collects per stream at most, by default.
 pub const DEFAULT_OUTPUT_CAP: usize = 64 << 20;
@@ -405,6 +405,15 @@ impl AgentClient {
     /// Flushes the guest's file systems (before a snapshot).
     pub fn sync(&self) -> Result<(), AgentError> {
         self.tracked("sync", || self.open(&Message::Sync)?.expect_ok())
+    }
+
+    /// Mounts a file system in the guest (mount(2) as the agent, root).
+    /// A block device is flushed from the guest's buffer cache first, so
+    /// a disk swapped in at restore is read afresh.
+    pub fn mount(&self, mount: &GuestMount) -> Result<(), AgentError> {
+        self.tracked("mount", || {
+            self.open(&Message::Mount(mount.spec.clone()))?.expect_ok()
+        })
     }
 
     /// Makes the agent check the VM generation now: after a restore it

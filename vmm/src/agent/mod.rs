@@ -19,7 +19,7 @@ pub use hearth_agent_protocol::{
     DirEntry, ErrorKind as GuestErrorKind, FileKind, FileStat, ProcessInfo, ProcessState, Refreshed,
     DEFAULT_PORT as DEFAULT_AGENT_PORT,
 };
-pub use process::{Command, ExecOutput, ExitStatus, Process, ProcessOutput, ProcessStdin};
+pub use process::{Command, ExecOutput, ExitStatus, GuestMount, Process, ProcessOutput, ProcessStdin};
 pub use refresh::RefreshOutcome;
 
 use crate::vsock::VsockConnectError;

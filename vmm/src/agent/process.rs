@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hearth_agent_protocol::{ExitInfo, Message, Spawn, User, WinSize, MAX_CHUNK};
+use hearth_agent_protocol::{ExitInfo, Message, Rlimit, Spawn, User, WinSize, MAX_CHUNK};
 use serde_bytes::ByteBuf;
 
 use super::audit::Trail;
@@ -101,6 +101,63 @@ impl Command {
     /// Streams stdin (otherwise it is `/dev/null`).
     pub fn stdin(mut self, stdin: bool) -> Self {
         self.spec.stdin = stdin;
+        self
+    }
+    /// Runs chrooted into `dir` (a guest path, e.g. where
+    /// [`AgentClient::mount`](super::AgentClient::mount) mounted a
+    /// container's root disk): `cwd` and the PATH search are then inside
+    /// it. Needs an agent that knows spawn options (older ones refuse the
+    /// request).
+    pub fn root(mut self, dir: impl AsRef<[u8]>) -> Self {
+        self.spec.extra.root = Some(ByteBuf::from(dir.as_ref().to_vec()));
+        self
+    }
+    /// Sets resource limit `resource` (Linux's number, e.g. 7 for
+    /// `RLIMIT_NOFILE`) to `soft`/`hard` (`u64::MAX`: unlimited) in the
+    /// process.
+    pub fn rlimit(mut self, resource: u32, soft: u64, hard: u64) -> Self {
+        self.spec.extra.rlimits.push(Rlimit { resource, soft, hard });
+        self
+    }
+}
+
+/// A file system for the agent to mount in the guest
+/// ([`AgentClient::mount`](super::AgentClient::mount)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestMount {
+    pub(crate) spec: hearth_agent_protocol::Mount,
+}
+
+impl GuestMount {
+    /// Mounts `source` (a block device, a directory to bind, or a name
+    /// such as `proc`) on `target`, an absolute guest path.
+    pub fn new(source: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Self {
+        Self {
+            spec: hearth_agent_protocol::Mount {
+                source: ByteBuf::from(source.as_ref().to_vec()),
+                target: ByteBuf::from(target.as_ref().to_vec()),
+                ..Default::default()
+            },
+        }
+    }
+    /// The file system type (`ext4`, `proc`, `tmpfs`; none for a bind).
+    pub fn fstype(mut self, fstype: impl AsRef<[u8]>) -> Self {
+        self.spec.fstype = ByteBuf::from(fstype.as_ref().to_vec());
+        self
+    }
+    /// mount(2) flags (`libc::MS_RDONLY`, `libc::MS_BIND`, ...).
+    pub fn flags(mut self, flags: u64) -> Self {
+        self.spec.flags = flags;
+        self
+    }
+    /// File-system options (`mode=755`).
+    pub fn data(mut self, data: impl AsRef<[u8]>) -> Self {
+        self.spec.data = ByteBuf::from(data.as_ref().to_vec());
+        self
+    }
+    /// Creates the target directory (and parents) first if missing.
+    pub fn mkdir(mut self, mkdir: bool) -> Self {
+        self.spec.mkdir = mkdir;
         self
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The agent requests counted, by name.
 pub(crate) const REQUEST_KINDS: &[&str] = &[
     "spawn", "exec", "attach", "list", "signal", "wait", "upload", "download", "stat", "list_dir", "mkdir",
-    "remove", "rename", "chmod", "sync", "refresh",
+    "remove", "rename", "chmod", "sync", "refresh", "mount",
 ];
 
 /// Live counters of agent requests made through the VM's clients.

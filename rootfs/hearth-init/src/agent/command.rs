@@ -28,6 +28,10 @@ pub struct Command {
     pub cwd: CString,
     /// argv[0] as text, for messages.
     pub name: String,
+    /// The directory to chroot into first, if any.
+    pub root: Option<CString>,
+    /// Resource limits to set: (resource, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
 }
 
 /// Prepares `spawn`. `agent_env` is the agent's own environment, used
@@ -67,12 +71,34 @@ pub fn prepare(spawn: &Spawn, agent_env: &[CString]) -> Result<Command, ErrorInf
     if candidates.is_empty() {
         return Err(errors::os("exec", argv0, libc::ENOENT));
     }
+    let root = match &spawn.extra.root {
+        Some(root) if !root.is_empty() => Some(to_cstring(root, "root directory")?),
+        Some(_) => return Err(invalid("spawn: empty root directory".into())),
+        None => None,
+    };
+    let rlimits = spawn
+        .extra
+        .rlimits
+        .iter()
+        .map(|r| {
+            if r.soft > r.hard {
+                Err(invalid(format!(
+                    "spawn: rlimit {}: soft limit {} above hard limit {}",
+                    r.resource, r.soft, r.hard
+                )))
+            } else {
+                Ok((r.resource, r.soft, r.hard))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Command {
         candidates,
         argv,
         envp,
         cwd,
         name,
+        root,
+        rlimits,
     })
 }
 
@@ -144,6 +170,10 @@ pub enum Stage {
     Chdir = 6,
     /// execve.
     Exec = 7,
+    /// chroot to the root directory.
+    Root = 8,
+    /// setrlimit.
+    Rlimit = 9,
 }
 
 /// The bytes a child writes to its status pipe when `stage` failed with
@@ -169,6 +199,8 @@ pub fn decode_failure(bytes: &[u8]) -> Option<(Stage, i32)> {
         5 => Stage::Uid,
         6 => Stage::Chdir,
         7 => Stage::Exec,
+        8 => Stage::Root,
+        9 => Stage::Rlimit,
         _ => return None,
     };
     Some((stage, i32::from_ne_bytes(errno)))
@@ -185,6 +217,12 @@ pub fn failure(cmd: &Command, user: Option<(u32, u32)>, stage: Stage, errno: i32
         Stage::Uid => errors::os("setuid", uid.to_string().as_bytes(), errno),
         Stage::Chdir => errors::os("chdir", cmd.cwd.as_bytes(), errno),
         Stage::Exec => errors::os("exec", cmd.name.as_bytes(), errno),
+        Stage::Root => errors::os(
+            "chroot",
+            cmd.root.as_ref().map_or(&b""[..], |r| r.as_bytes()),
+            errno,
+        ),
+        Stage::Rlimit => errors::os("setrlimit", cmd.name.as_bytes(), errno),
     }
 }
 
@@ -255,6 +293,29 @@ mod tests {
     }
 
     #[test]
+    fn prepare_takes_root_and_rlimits() {
+        let mut s = spawn(&["sh"]);
+        s.extra.root = Some(ByteBuf::from(b"/mnt/task".to_vec()));
+        s.extra.rlimits = vec![hearth_agent_protocol::Rlimit {
+            resource: 7,
+            soft: 64,
+            hard: 128,
+        }];
+        let cmd = prepare(&s, &[]).unwrap();
+        assert_eq!(cmd.root.as_deref(), Some(c"/mnt/task"));
+        assert_eq!(cmd.rlimits.len(), 1);
+        assert_eq!(cmd.rlimits, [(7, 64, 128)]);
+        let e = failure(&cmd, None, Stage::Root, libc::ENOENT);
+        assert_eq!(e.message, "chroot /mnt/task: No such file or directory");
+        s.extra.rlimits[0].soft = 256;
+        let e = prepare(&s, &[]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        s.extra.rlimits.clear();
+        s.extra.root = Some(ByteBuf::new());
+        assert_eq!(prepare(&s, &[]).unwrap_err().kind, ErrorKind::InvalidInput);
+    }
+
+    #[test]
     fn prepare_errors() {
         let e = prepare(&Spawn::default(), &[]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidInput);
@@ -278,6 +339,8 @@ mod tests {
             Stage::Uid,
             Stage::Chdir,
             Stage::Exec,
+            Stage::Root,
+            Stage::Rlimit,
         ] {
             assert_eq!(
                 decode_failure(&encode_failure(stage, libc::ENOENT)),
@@ -285,7 +348,7 @@ mod tests {
             );
         }
         assert_eq!(decode_failure(&[]), None);
-        assert_eq!(decode_failure(&[9, 0, 0, 0, 2, 0, 0, 0]), None);
+        assert_eq!(decode_failure(&[10, 0, 0, 0, 2, 0, 0, 0]), None);
         let mut s = spawn(&["frob"]);
         s.cwd = Some(ByteBuf::from(b"/gone".to_vec()));
         let cmd = prepare(&s, &[]).unwrap();

@@ -19,7 +19,7 @@
 //! - `requests`: the request after the handshake;
 //! - `pump`: bytes between processes and connections, end-of-turn work;
 //! - `process`, `spawn`, `command`, `pty`, `ring`: processes;
-//! - `files`, `transfer`: file requests;
+//! - `files`, `transfer`: file requests; `mount`: MOUNT;
 //! - `generation`: the restore hook;
 //! - `outq`, `listener`, `fd`, `errors`: plumbing.
 
@@ -29,6 +29,7 @@ mod fd;
 mod files;
 pub mod generation;
 mod listener;
+mod mount;
 mod outq;
 mod process;
 mod pty;

@@ -1,6 +1,6 @@
 //! The request that follows the handshake (docs/AGENT.md, "Requests"):
 //! answered at once (LIST, SIGNAL, STAT, MKDIR, REMOVE, RENAME, CHMOD,
-//! SYNC, REFRESH), or the start of an exchange the connection's state then
+//! SYNC, REFRESH, MOUNT), or the start of an exchange the connection's state then
 //! carries (SPAWN, ATTACH, WAIT, UPLOAD, DOWNLOAD, LIST_DIR). The VM
 //! generation is checked first.
 
@@ -116,6 +116,7 @@ impl Agent {
                 files::sync();
                 Ok(Message::Ok)
             }
+            Message::Mount(m) => super::mount::mount(&m).map(|()| Message::Ok),
             Message::Refresh => Ok(Message::Refreshed(Refreshed {
                 restored: self.watch.take_restored(),
                 generation: self.watch.generation(),

@@ -1,6 +1,7 @@
 //! Starting a child: pipes or a pseudo-terminal, fork, and in the child
-//! only system calls (session or process group, stdio, user, working
-//! directory, execve over the PATH candidates).
+//! only system calls (session or process group, stdio, resource limits,
+//! root directory, user, working directory, execve over the PATH
+//! candidates).
 //!
 //! The child reports a failure through a close-on-exec status pipe
 //! (stage + errno, then `_exit(127)`); end of file on that pipe means the
@@ -81,6 +82,9 @@ struct ChildPlan {
     user: Option<User>,
     clear_groups: bool,
     nofile: Option<libc::rlimit>,
+    /// chroot here first (null: no chroot).
+    root: *const libc::c_char,
+    rlimits: Vec<(u32, libc::rlimit)>,
 }
 
 fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
@@ -136,6 +140,19 @@ pub fn spawn(req: &Request<'_>) -> Result<Child, ErrorInfo> {
         // SAFETY: geteuid(2) has no memory effects.
         clear_groups: unsafe { libc::geteuid() } == 0,
         nofile: req.nofile,
+        root: req.cmd.root.as_ref().map_or(std::ptr::null(), |r| r.as_ptr()),
+        rlimits: req
+            .cmd
+            .rlimits
+            .iter()
+            .map(|&(resource, soft, hard)| {
+                let limit = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                (resource, limit)
+            })
+            .collect(),
     };
 
     // SAFETY: fork(2) has no memory effects on this process. The agent is
@@ -280,6 +297,15 @@ fn run_child(plan: &ChildPlan) -> ! {
 
         if let Some(limit) = &plan.nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        }
+        for (resource, limit) in &plan.rlimits {
+            // The resource's type is an int on glibc's prototype.
+            if libc::setrlimit(*resource as _, limit) != 0 {
+                child_fail(plan.status, Stage::Rlimit);
+            }
+        }
+        if !plan.root.is_null() && (libc::chroot(plan.root) != 0 || libc::chdir(c"/".as_ptr()) != 0) {
+            child_fail(plan.status, Stage::Root);
         }
         if let Some(user) = plan.user {
             if plan.clear_groups && libc::setgroups(0, std::ptr::null()) < 0 {

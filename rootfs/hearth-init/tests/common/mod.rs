@@ -60,9 +60,25 @@ impl Agent {
 
     /// Starts the agent with extra arguments; waits for AGENT-READY.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_under(&[], extra)
+    }
+
+    /// Starts the agent as the last argument of `wrapper` (e.g. `unshare
+    /// --mount`), with extra arguments; waits for AGENT-READY.
+    #[allow(dead_code)]
+    pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Self {
         let dir = Scratch::new("agent");
         let sock = dir.path("agent.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth-init"))
+        let agent = env!("CARGO_BIN_EXE_hearth-init");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent);
+                c
+            }
+            None => Command::new(agent),
+        };
+        let mut child = command
             .arg("agent")
             .arg("--unix")
             .arg(&sock)
