@@ -10,9 +10,13 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
+use std::sync::mpsc::Receiver;
+
 use hearth::{
-    NetBackendKind, NetConfig, NetPolicy, RestoreOptions, SerialBuffer, SerialOutput, UserNetSpec, Vm,
+    EventKind, EventSink, NetBackendKind, NetConfig, NetPolicy, RestoreOptions, SerialBuffer, SerialOutput,
+    UserNetSpec, Vm, VmEvent,
 };
+use hearth::{FlowEvent, FlowProtocol, FlowRecord};
 use hearth_tests::udp_echo::{GUEST_PORT, MAC};
 use hearth_tests::{TestVm, GUEST_TIMEOUT};
 
@@ -33,13 +37,34 @@ fn policy(allow: &[&str], hosts: &[(&str, [u8; 4])]) -> NetPolicy {
 /// the host's UDP port `port` (the guest sends to the gateway, which
 /// stands for the host's loopback).
 fn boot(port: u16) -> TestVm {
+    boot_with(port, None)
+}
+
+/// [`boot`], with the VM's events going to `events`.
+fn boot_with(port: u16, events: Option<EventSink>) -> TestVm {
     let spec = UserNetSpec::new(policy(&[&format!("127.0.0.1:{port}")], &[]));
-    TestVm::scenario("net")
+    let b = TestVm::scenario("net")
         .arg(&format!(
             "tg.net.ip={GUEST_IP} tg.net.host={GATEWAY} tg.net.port={port} tg.net.listen={GUEST_PORT}"
         ))
-        .net(NetConfig::user(spec).mac(MAC))
-        .start()
+        .net(NetConfig::user(spec).mac(MAC));
+    let console = SerialBuffer::new();
+    let mut config = b.config(&console);
+    config.events = events;
+    let vm = Vm::start(config).unwrap();
+    TestVm { vm, console }
+}
+
+/// The flow records among the events received so far.
+fn flows(rx: &Receiver<VmEvent>) -> Vec<FlowRecord> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.recv_timeout(Duration::from_millis(500)) {
+        if let EventKind::Flow { device, flow } = e.kind {
+            assert_eq!(device, "net0");
+            out.push(flow);
+        }
+    }
+    out
 }
 
 #[test]
@@ -47,7 +72,8 @@ fn test_guest_net_scenario_on_the_user_backend() {
     let host = UdpSocket::bind("127.0.0.1:0").unwrap();
     host.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
     let port = host.local_addr().unwrap().port();
-    let t = boot(port);
+    let (sink, events) = EventSink::channel(1024);
+    let t = boot_with(port, Some(sink));
     t.expect(&format!("NET-READY mac={MAC} ip={GUEST_IP}\n"), GUEST_TIMEOUT);
     t.expect("NET-ARP-OK host_mac=52:55:0a:00:02:02\n", GUEST_TIMEOUT);
     t.expect("NET-PING-OK\n", GUEST_TIMEOUT);
@@ -84,6 +110,21 @@ fn test_guest_net_scenario_on_the_user_backend() {
     // Errors name the device: a TAP interface has no policy.
     assert!(t.vm.set_net_policy(1, NetPolicy::deny_all()).is_err());
     t.vm.stop();
+
+    // Every decision went to the VM's event sink: the flow opened by the
+    // rule, then closed by the new policy with its byte counts.
+    let f = flows(&events);
+    let udp: Vec<_> = f
+        .iter()
+        .filter(|r| r.protocol == FlowProtocol::Udp && r.port == port)
+        .collect();
+    assert_eq!(
+        udp.iter().map(|r| r.event).collect::<Vec<_>>(),
+        [FlowEvent::Opened, FlowEvent::Closed],
+        "{f:?}"
+    );
+    assert!(udp[0].rule.is_some(), "{:?}", udp[0]);
+    assert!(udp[1].bytes_out > 0 && udp[1].bytes_in > 0, "{:?}", udp[1]);
 }
 
 #[test]

@@ -331,7 +331,7 @@ pub(crate) fn setup(
             .map_err(|e| DeviceError::Restore(format!("net {}: {e}", net.tap)))?;
         options.backlog = (config.limits.net_backlog_frames, config.limits.net_backlog_bytes);
         let id = format!("net{i}");
-        let (backend, user_net) = net.open(&id)?;
+        let (backend, user_net) = net.open(&id, run_state)?;
         let dev = Net::new(backend, &options)?;
         let metrics = dev.metrics();
         let dev = Arc::new(Mutex::new(dev));

@@ -19,13 +19,26 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 use crate::device_manager::DeviceError;
 use crate::error::Error;
+use crate::exit::RunState;
+use crate::observe::EventKind;
 use crate::vm::Vm;
 
-/// Where a VM's flow records go: the one place to hook them into the
-/// VM's event sink. Until then they are logged at info level.
-pub(crate) fn flow_recorder(device_id: &str) -> FlowRecorder {
+/// Where a VM's flow records go: its event sink (a `flow` event each,
+/// docs/OBSERVABILITY.md), or the debug log when it has none (a guest
+/// can open and refuse flows at will: it must not flood the log).
+pub(crate) fn flow_recorder(device_id: &str, run_state: &Arc<RunState>) -> FlowRecorder {
     let id = device_id.to_owned();
-    Arc::new(move |r: &FlowRecord| log::info!(target: "hearth::net", "{id}: {r}"))
+    let rs = run_state.clone();
+    Arc::new(move |r: &FlowRecord| {
+        if rs.obs.sink.is_some() {
+            rs.obs.emit(EventKind::Flow {
+                device: id.clone(),
+                flow: r.clone(),
+            });
+        } else {
+            log::debug!(target: "hearth::net", "{id}: {r}");
+        }
+    })
 }
 
 /// Which backend an interface has.
@@ -238,7 +251,11 @@ impl NetConfig {
 
     /// Opens the backend; the user-mode backend comes with its handle.
     /// `id` names the device in flow records.
-    pub(crate) fn open(&self, id: &str) -> Result<(Box<dyn NetBackend>, Option<UserNetHandle>), DeviceError> {
+    pub(crate) fn open(
+        &self,
+        id: &str,
+        run_state: &Arc<RunState>,
+    ) -> Result<(Box<dyn NetBackend>, Option<UserNetHandle>), DeviceError> {
         if let Some(factory) = &self.backend {
             let b = (factory.0)().map_err(|source| DeviceError::CustomNet {
                 name: self.tap.clone(),
@@ -253,7 +270,7 @@ impl NetConfig {
                 c.limits = spec.limits;
                 c.dns_upstream = spec.dns_upstream;
                 c.mtu = self.mtu.unwrap_or(1500);
-                c.recorder = flow_recorder(id);
+                c.recorder = flow_recorder(id, run_state);
                 let (net, handle) = UserNet::new(c).map_err(|source| DeviceError::UserNet {
                     name: self.tap.clone(),
                     source,

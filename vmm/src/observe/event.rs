@@ -12,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use hearth_devices::virtio::net::user::FlowRecord;
+
 use super::audit::AuditRecord;
 use super::totals::Totals;
 
@@ -115,6 +117,14 @@ pub enum EventKind {
     },
     /// A process the agent ran ended (or could not be followed to its end).
     Audit(AuditRecord),
+    /// A user-mode network interface opened, refused or closed a flow
+    /// (docs/NETWORK.md).
+    Flow {
+        /// The interface's device id (`net0`…).
+        device: String,
+        /// The decision and, when it closed, its totals.
+        flow: FlowRecord,
+    },
     /// The VM ended.
     Exited {
         /// The exit reason, as text.
