@@ -14,7 +14,7 @@
 //! on stderr). When the tier is not skipped and the paths are missing,
 //! the tests fail: CI always runs this tier.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Linux boots take ~20 s of emulated kernel code on PVM hosts; allow for
@@ -279,4 +279,38 @@ pub fn populate_guest_memfds() -> u64 {
         total += (end - start) as u64;
     }
     total
+}
+
+/// The launcher, built if need be: `target/<profile>/hearth` beside this
+/// test's `deps` directory.
+pub fn launcher() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let bin = profile_dir.join("hearth");
+    // Under `cargo test`, make sure it is built from these sources (a
+    // no-op when it is up to date).
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "hearth-cli", "--profile", &profile])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p hearth-cli failed");
+    }
+    assert!(bin.is_file(), "no launcher at {}", bin.display());
+    bin
+}
+
+/// Kills the launcher's child on drop (a failed test must not leave a VM).
+#[derive(Debug)]
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

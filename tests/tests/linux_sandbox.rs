@@ -22,11 +22,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hearth::{DiskConfig, RefreshOutcome, RestoreOptions, SerialBuffer, SerialOutput, Snapshot, Vm};
-use hearth_tests::linux::{guest, AgentGuest, ConsoleOnPanic, LINUX_TIMEOUT};
+use hearth_tests::linux::{guest, launcher, AgentGuest, ConsoleOnPanic, Reaped, LINUX_TIMEOUT};
 
 /// What every machine is asked.
 const PROBE: &str = "head -c 16 /dev/urandom | od -An -tx1; cat /proc/sys/kernel/random/uuid; date +%s";
@@ -128,39 +128,6 @@ fn restore_clone(snap: &Snapshot, dir: &Path, name: &str, disk: &Path) -> Clone 
         vm,
         console,
         restore_call: t0.elapsed(),
-    }
-}
-
-/// The launcher, built if need be: `target/<profile>/hearth` beside this
-/// test's `deps` directory.
-fn launcher() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let bin = profile_dir.join("hearth");
-    // Under `cargo test`, make sure it is built from these sources (a
-    // no-op when it is up to date).
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_string(),
-            Some(other) => other.to_string(),
-        };
-        let status = Process::new(cargo)
-            .args(["build", "-p", "hearth-cli", "--profile", &profile])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build -p hearth-cli failed");
-    }
-    assert!(bin.is_file(), "no launcher at {}", bin.display());
-    bin
-}
-
-/// Kills the launcher's child on drop (a failed test must not leave a VM).
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
