@@ -22,6 +22,7 @@ pub use targets::agent_frames::agent_frames;
 pub use targets::cmdline::cmdline;
 pub use targets::config_json::config_json;
 pub use targets::mmio_transport::mmio_transport;
+pub use targets::overlay_image::overlay_image;
 pub use targets::serial::serial;
 pub use targets::snapshot_state_decode::snapshot_state_decode;
 pub use targets::user_net::user_net;
@@ -35,7 +36,7 @@ pub type Target = fn(&[u8]);
 
 /// Every target, by name (the names of `fuzz/fuzz_targets/*.rs` and of
 /// the corpus directories).
-pub const TARGETS: [(&str, Target); 11] = [
+pub const TARGETS: [(&str, Target); 12] = [
     ("mmio_transport", mmio_transport),
     ("virtio_blk", virtio_blk),
     ("virtio_net_tx", virtio_net_tx),
@@ -47,6 +48,7 @@ pub const TARGETS: [(&str, Target); 11] = [
     ("cmdline", cmdline),
     ("agent_frames", agent_frames),
     ("user_net", user_net),
+    ("overlay_image", overlay_image),
 ];
 
 /// An interrupt line that goes nowhere.

@@ -111,4 +111,5 @@ target_tests!(
     user_net,
     cmdline,
     agent_frames,
+    overlay_image,
 );

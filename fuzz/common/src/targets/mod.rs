@@ -4,6 +4,7 @@ pub mod agent_frames;
 pub mod cmdline;
 pub mod config_json;
 pub mod mmio_transport;
+pub mod overlay_image;
 pub mod serial;
 pub mod snapshot_state_decode;
 pub mod user_net;
