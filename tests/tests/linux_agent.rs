@@ -176,7 +176,15 @@ fn linux_agent_in_the_guest() {
 /// record, with its argv (secrets redacted), status and byte counts; the
 /// VM's metrics count the requests.
 fn audit(t: &hearth_tests::TestVm, c: &AgentClient, events: &std::sync::mpsc::Receiver<hearth::VmEvent>) {
-    let audits = |want: usize| {
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // Records of processes asked for since `since` (earlier ones may still
+    // be on their way).
+    let audits = |want: usize, since: u64| {
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while got.len() < want {
@@ -185,32 +193,33 @@ fn audit(t: &hearth_tests::TestVm, c: &AgentClient, events: &std::sync::mpsc::Re
                 Ok(hearth::VmEvent {
                     kind: hearth::EventKind::Audit(r),
                     ..
-                }) => got.push(r),
+                }) if r.start_ms >= since => got.push(r),
                 Ok(_) => {}
                 Err(_) => panic!("{} audit records of {want}: {got:?}", got.len()),
             }
         }
         got
     };
-    while events.try_recv().is_ok() {}
+    let since = now_ms();
     let script = "printf hello; printf oops >&2; exit 3";
     let out = c
         .exec(&Command::new(["sh", "-c", script]).secret_arg("s3cr3t"))
         .unwrap();
     assert_eq!(out.status.code, Some(3));
-    let r = audits(1).remove(0);
+    let r = audits(1, since).remove(0);
     assert_eq!(r.argv, ["sh", "-c", script, hearth::REDACTED]);
     assert_eq!((r.exit_code, r.signal, r.uid), (Some(3), None, 0));
     assert_eq!((r.stdin_bytes, r.stdout_bytes, r.stderr_bytes), (0, 5, 4));
     assert!(r.process > 0 && r.end_ms >= r.start_ms, "{r:?}");
     // A streamed process: its stdin counts too.
+    let since = now_ms();
     let mut p = c.spawn(&Command::new(["cat"]).stdin(true).cwd("/tmp")).unwrap();
     p.stdin().unwrap().write_all(b"abc").unwrap();
     p.close_stdin().unwrap();
     let mut text = String::new();
     p.stdout().unwrap().read_to_string(&mut text).unwrap();
     assert_eq!(p.wait().unwrap().code, Some(0));
-    let r = audits(1).remove(0);
+    let r = audits(1, since).remove(0);
     assert_eq!(r.argv, ["cat"]);
     assert_eq!(r.cwd.as_deref(), Some("/tmp"));
     assert_eq!((r.stdin_bytes, r.stdout_bytes, r.exit_code), (3, 3, Some(0)));
@@ -241,6 +250,35 @@ fn commands(c: &AgentClient, release: &str) {
         assert!(out.status.success(), "{out:?}");
     }
     eprintln!("exec round trip of `true`: {rounds:.2?}");
+    // The same fork, exec and wait of `true` natively in the guest (a
+    // shell loop timed by the guest's own clock): the agent's overhead is
+    // the difference.
+    const N: u32 = 10;
+    let native = c
+        .exec(&Command::new([
+            "sh",
+            "-c",
+            &format!(
+                "read a b < /proc/uptime; i=0; while [ $i -lt {N} ]; do /bin/true; i=$((i+1)); done; \
+                 read c d < /proc/uptime; echo $a $c"
+            ),
+        ]))
+        .unwrap();
+    let times: Vec<f64> = native
+        .stdout_text()
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(times.len(), 2, "{native:?}");
+    let per = Duration::from_secs_f64((times[1] - times[0]).max(0.0) / f64::from(N));
+    let mut sorted = rounds.clone();
+    sorted.sort();
+    eprintln!(
+        "native fork+exec+wait of /bin/true in the guest: {per:.2?} each ({N} in a loop, /proc/uptime); \
+         the agent's median round trip {:.2?} adds {:.2?}",
+        sorted[1],
+        sorted[1].saturating_sub(per)
+    );
     let out = c
         .exec(&Command::new(["sh", "-c", "echo out; echo err >&2; exit 3"]))
         .unwrap();
