@@ -48,7 +48,11 @@ fn sh(vm: &Vm, who: &str, script: &str) -> String {
 
 /// Writes `/data/<name>.txt` holding `name`, and syncs.
 fn write_own(vm: &Vm, name: &str) {
-    sh(vm, name, &format!("mkdir -p /data && echo {name} > /data/{name}.txt && sync"));
+    sh(
+        vm,
+        name,
+        &format!("mkdir -p /data && echo {name} > /data/{name}.txt && sync"),
+    );
 }
 
 /// Which of `names` have their file in `vm`.
