@@ -142,9 +142,17 @@ impl Proc {
     }
 
     /// Attaches to process `agent_id` (running in a restored VM), wiring
-    /// its stdio.
-    pub fn attach(self: &Arc<Self>, agent: &AgentClient, agent_id: u64, on_exit: OnExit) -> Result<()> {
-        let process = if self.stdio.stdin.is_empty() {
+    /// its stdio; `had_stdin`: it was started with stdin (else the new
+    /// stdin is not connected: the agent would end the attachment at the
+    /// first write).
+    pub fn attach(
+        self: &Arc<Self>,
+        agent: &AgentClient,
+        agent_id: u64,
+        had_stdin: bool,
+        on_exit: OnExit,
+    ) -> Result<()> {
+        let process = if self.stdio.stdin.is_empty() || !had_stdin {
             agent.attach(agent_id)
         } else {
             agent.attach_with_stdin(agent_id)

@@ -43,11 +43,13 @@ pub fn source(mounts: &[(String, String)], spec_root: Option<&str>, bundle: &Pat
                 bundle.join(path)
             }))
         }
+        // containerd's native snapshotter: a directory bind-mounted.
+        [(kind, src)] if kind == "bind" && Path::new(src).is_dir() => Ok(RootSource::Dir(PathBuf::from(src))),
         [(kind, src)] if is_block_device(Path::new(src)) && kind != "bind" => {
             Ok(RootSource::Block(PathBuf::from(src)))
         }
         _ => bail!(
-            "rootfs mounts {:?}: only a directory (ctr --rootfs) or one block device is supported",
+            "rootfs mounts {:?}: only a directory (ctr --rootfs, or the native snapshotter's bind mount) or one block device is supported",
             mounts.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()
         ),
     }

@@ -35,6 +35,9 @@ const CHECKPOINT_META: &str = "hearth-shim.json";
 struct CheckpointMeta {
     /// The agent's id of the task's init process.
     init: u64,
+    /// Whether it was started with stdin (an attachment may write to it
+    /// only then).
+    stdin: bool,
 }
 
 /// The shim and its task service.
@@ -58,8 +61,9 @@ struct Task {
     sandbox: Arc<Sandbox>,
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
-    /// After a restore: the init process to attach to at Start.
-    restored_init: Option<u64>,
+    /// After a restore: the init process to attach to at Start, and
+    /// whether it has stdin.
+    restored_init: Option<(u64, bool)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -324,7 +328,7 @@ impl Inner {
         cfg: &ShimConfig,
         dir: &Path,
         spec: &Spec,
-    ) -> anyhow::Result<(Sandbox, Option<u64>)> {
+    ) -> anyhow::Result<(Sandbox, Option<(u64, bool)>)> {
         let root = spec.root.clone().unwrap_or_default();
         if !req.checkpoint.is_empty() {
             let ckpt = dir.join("checkpoint");
@@ -348,7 +352,7 @@ impl Inner {
                 .map(|l| ckpt.join(l.file_name().unwrap_or_default()))
                 .collect();
             let sandbox = Sandbox::restore(cfg, &req.id, dir, &ckpt, Some(disk))?;
-            return Ok((sandbox, Some(meta.init)));
+            return Ok((sandbox, Some((meta.init, meta.stdin))));
         }
         let mounts: Vec<(String, String)> = req
             .rootfs
@@ -415,7 +419,7 @@ impl Inner {
         };
         let on_exit = self.on_exit(&id);
         match restored {
-            Some(agent_id) => p.attach(&sandbox.agent, agent_id, on_exit),
+            Some((agent_id, stdin)) => p.attach(&sandbox.agent, agent_id, stdin, on_exit),
             None => p.start(&sandbox.agent, on_exit),
         }
         .map_err(internal)?;
@@ -581,7 +585,10 @@ impl Inner {
             .snapshot(path)
             .context("snapshotting the VM")
             .and_then(|_| {
-                let meta = serde_json::to_vec(&CheckpointMeta { init: agent_id })?;
+                let meta = serde_json::to_vec(&CheckpointMeta {
+                    init: agent_id,
+                    stdin: !init.stdio.stdin.is_empty(),
+                })?;
                 std::fs::write(path.join(CHECKPOINT_META), meta).context("writing the checkpoint's metadata")
             });
         let exit = checkpoint_exits(req.options.get_or_default());
