@@ -16,8 +16,11 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
+/// The counts of the complete `COUNT n` lines (a line still being printed
+/// is not one).
 fn counts(text: &str) -> Vec<u64> {
-    text.lines()
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
         .filter_map(|l| l.strip_prefix("COUNT "))
         .filter_map(|n| n.trim().parse().ok())
         .collect()
@@ -40,7 +43,8 @@ fn run_on(vm: &Vm, console: &SerialBuffer) -> u64 {
         if let Some(&c) = counts(&console.text()).first() {
             break c;
         }
-        assert!(console.wait_for("COUNT", GUEST_TIMEOUT));
+        assert!(console.wait_for("\n", GUEST_TIMEOUT));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     };
     assert!(console.wait_for(&format!("COUNT {}\n", first + 3), GUEST_TIMEOUT));
     vm.pause().unwrap();
@@ -83,8 +87,14 @@ fn a_chain_of_diffs_restores_each_state_and_writes_only_changes() {
     // Each restores to its own count, the deepest through three diffs.
     for (d, at) in &expected {
         let (vm, console) = restore(d);
-        assert!(console.wait_for("COUNT", GUEST_TIMEOUT));
-        let first = counts(&console.text())[0];
+        let deadline = std::time::Instant::now() + GUEST_TIMEOUT;
+        let first = loop {
+            if let Some(&c) = counts(&console.text()).first() {
+                break c;
+            }
+            assert!(std::time::Instant::now() < deadline, "no COUNT line");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         assert_eq!(first, at + 1, "{} resumed from {first}", d.display());
         vm.stop();
     }
