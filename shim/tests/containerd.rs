@@ -509,8 +509,11 @@ fn containerd_runs_tasks_in_hearth_vms() {
         "-c",
         COUNTER,
     ]);
-    let read_n =
-        |task: &str, exec: &str| -> u64 { c.exec(task, exec, &["cat", "/n"]).trim().parse().unwrap_or(0) };
+    // The counter's value (0 until it wrote one).
+    let read_n = |task: &str, exec: &str| -> u64 {
+        let out = c.ctr(&["task", "exec", "--exec-id", exec, task, "cat", "/n"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    };
     let mut n = 0;
     wait_until("the counter to reach 3", Duration::from_secs(60), || {
         n += 1;
