@@ -49,6 +49,8 @@ pub struct Service {
 struct Inner {
     namespace: String,
     id: String,
+    /// The socket containerd talks to this shim on (`unix://PATH`).
+    socket: String,
     exit: ExitSignal,
     publisher: Mutex<Option<RemotePublisher>>,
     task: Mutex<Option<Task>>,
@@ -170,6 +172,7 @@ impl containerd_shim::Shim for Service {
             inner: Arc::new(Inner {
                 namespace: args.namespace.clone(),
                 id: args.id.clone(),
+                socket: args.socket.clone(),
                 exit: ExitSignal::default(),
                 publisher: Mutex::new(None),
                 task: Mutex::new(None),
@@ -201,6 +204,14 @@ impl containerd_shim::Shim for Service {
 
     fn wait(&mut self) {
         self.inner.exit.wait();
+        // containerd-shim removes the socket after this through the
+        // bundle's `address` file, which containerd may have deleted by
+        // then: remove it here (the connection in use stays open).
+        if let Some(path) = self.inner.socket.strip_prefix("unix://") {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("removing {path}: {e}");
+            }
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

@@ -167,6 +167,21 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A failed test may leave shims (they outlive containerd): end the
+        // ones this containerd started.
+        let address = self.dir.join("c.sock").display().to_string();
+        for pid in shim_processes() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&address) {
+                // SAFETY: kill(2) of a shim this test's containerd started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                let args = String::from_utf8_lossy(&cmdline).into_owned();
+                let mut it = args.split('\0');
+                if let Some(socket) = it.find(|a| *a == "-socket").and_then(|_| it.next()) {
+                    let _ = std::fs::remove_file(socket.trim_start_matches("unix://"));
+                }
+            }
+        }
         // SAFETY: kill(2) of the child this test started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -291,18 +306,15 @@ fn containerd_runs_tasks_in_hearth_vms() {
     let agent_rootfs = guest_dir.join("rootfs.ext4");
     assert!(vmlinux.is_file() && agent_rootfs.is_file());
     // SAFETY: geteuid(2) has no memory effects.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "containerd and its shims need root"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "containerd and its shims need root");
 
     let scratch = Scratch(std::env::temp_dir().join(format!("hearth-shim-e2e-{}", std::process::id())));
     let dir = scratch.0.clone();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
     std::fs::copy(busybox(), dir.join("rootfs/bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "date"] {
+    for applet in ["sh", "echo", "cat", "sleep", "date", "stty"] {
         std::os::unix::fs::symlink("busybox", dir.join("rootfs/bin").join(applet)).unwrap();
     }
     let shim_state = dir.join("shim-state");
@@ -397,6 +409,44 @@ fn containerd_runs_tasks_in_hearth_vms() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // stdin streams to the process, and its end (CloseIO) is end of file.
+    let ctr = find("ctr");
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'hello\\nworld\\n' | {} --address {} run --rm --runtime {SHIM} --rootfs {rootfs} in1 cat",
+            ctr.display(),
+            dir.join("c.sock").display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        "hello\nworld\n",
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(piped.status.success());
+
+    // A terminal (ctr needs one: script(1) gives it a pseudo-terminal of
+    // 33x77), resized to ctr's size through ResizePty.
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "stty rows 33 cols 77; {} --address {} run --rm -t --runtime {SHIM} --rootfs {rootfs} tty1 \
+             sh -c 'sleep 1; stty size; exit 3'",
+            ctr.display(),
+            dir.join("c.sock").display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&tty.stdout).into_owned();
+    assert!(text.contains("33 77"), "{text:?}");
+    assert_eq!(tty.status.code(), Some(3), "{text:?}");
 
     // A detached, counting task: exec, pause, resume, metrics, kill.
     let log = dir.join("counter.log");
@@ -560,6 +610,24 @@ fn containerd_runs_tasks_in_hearth_vms() {
         "mounts left under {}",
         shim_state.display()
     );
+    let address = dir.join("c.sock").display().to_string();
+    for id in [
+        "boot1",
+        "t1",
+        "t2",
+        "count",
+        "kill-sigterm",
+        "kill-sigkill",
+        "ck1",
+        "ck2",
+    ] {
+        let socket = containerd_shim::socket_address(&address, "default", id);
+        let path = socket.trim_start_matches("unix://");
+        assert!(
+            !Path::new(path).exists(),
+            "the shim socket of {id} is left: {path}"
+        );
+    }
     for p in walk(&dir.join("state")) {
         let ft = std::fs::symlink_metadata(&p).unwrap().file_type();
         assert!(
