@@ -429,11 +429,16 @@ impl Inner {
             None
         };
         let on_exit = self.on_exit(&id);
+        let t = std::time::Instant::now();
         match restored {
             Some((agent_id, stdin)) => p.attach(&sandbox.agent, agent_id, stdin, on_exit),
             None => p.start(&sandbox.agent, on_exit),
         }
         .map_err(internal)?;
+        log::info!(
+            "task {id}: process {exec_id:?} started in the guest in {} ms",
+            t.elapsed().as_millis()
+        );
         if exec_id.is_empty() {
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,
