@@ -26,12 +26,43 @@ pub enum RootSource {
     Dir(PathBuf),
     /// A block device holding the file system itself.
     Block(PathBuf),
+    /// An overlayfs snapshot (containerd's default snapshotter): mounted
+    /// on the host only to copy it into an image.
+    Overlay {
+        /// The mount's source.
+        source: String,
+        /// Its options (`lowerdir=...`, `upperdir=...`, ...).
+        options: Vec<String>,
+    },
+}
+
+/// One of containerd's rootfs mounts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RootMount {
+    /// Its type (`bind`, `overlay`, `ext4`, ...).
+    pub kind: String,
+    /// Its source.
+    pub source: String,
+    /// Its options.
+    pub options: Vec<String>,
 }
 
 /// The root for `mounts` (containerd's rootfs mounts) or, with none, the
 /// spec's `root.path` (relative to `bundle` unless absolute).
-pub fn source(mounts: &[(String, String)], spec_root: Option<&str>, bundle: &Path) -> Result<RootSource> {
-    match mounts {
+pub fn source(mounts: &[RootMount], spec_root: Option<&str>, bundle: &Path) -> Result<RootSource> {
+    let kinds: Vec<(&str, &str)> = mounts
+        .iter()
+        .map(|m| (m.kind.as_str(), m.source.as_str()))
+        .collect();
+    if let [m] = mounts {
+        if m.kind == "overlay" {
+            return Ok(RootSource::Overlay {
+                source: m.source.clone(),
+                options: m.options.clone(),
+            });
+        }
+    }
+    match kinds.as_slice() {
         [] => {
             let root = spec_root
                 .filter(|p| !p.is_empty())
@@ -44,13 +75,14 @@ pub fn source(mounts: &[(String, String)], spec_root: Option<&str>, bundle: &Pat
             }))
         }
         // containerd's native snapshotter: a directory bind-mounted.
-        [(kind, src)] if kind == "bind" && Path::new(src).is_dir() => Ok(RootSource::Dir(PathBuf::from(src))),
-        [(kind, src)] if is_block_device(Path::new(src)) && kind != "bind" => {
+        [(kind, src)] if *kind == "bind" && Path::new(src).is_dir() => Ok(RootSource::Dir(PathBuf::from(src))),
+        [(kind, src)] if is_block_device(Path::new(src)) && *kind != "bind" => {
             Ok(RootSource::Block(PathBuf::from(src)))
         }
         _ => bail!(
-            "rootfs mounts {:?}: only a directory (ctr --rootfs, or the native snapshotter's bind mount) or one block device is supported",
-            mounts.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()
+            "rootfs mounts {:?}: only a directory (ctr --rootfs, or the native snapshotter's bind mount), one \
+             overlay or one block device is supported",
+            kinds.iter().map(|(k, _)| *k).collect::<Vec<_>>()
         ),
     }
 }
@@ -176,6 +208,77 @@ pub fn build_ext4(dir: &Path, image: &Path, size_mib: u64) -> Result<()> {
     Ok(())
 }
 
+/// The cached image of an overlayfs snapshot: mounted on `target` (an
+/// empty directory) on the host for the copy, then unmounted. The task
+/// writes into its own disk overlay, not the snapshot's upper directory.
+pub fn image_for_overlay(
+    source: &str,
+    options: &[String],
+    target: &Path,
+    cache: &Path,
+    size_mib: u64,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(target)?;
+    // Not containerd-shim's mount_rootfs: its synchronous version waits
+    // for a forked helper through the SIGCHLD reaper, which this shim
+    // turns off.
+    let (flags, data) = overlay_options(options);
+    let cstr = |s: &[u8]| std::ffi::CString::new(s).context("a NUL byte in a mount argument");
+    let (source_c, target_c) = (
+        cstr(source.as_bytes())?,
+        cstr(target.as_os_str().as_encoded_bytes())?,
+    );
+    let (fstype_c, data_c) = (cstr(b"overlay")?, cstr(data.as_bytes())?);
+    if data.len() >= 4000 {
+        bail!(
+            "overlay options of {} bytes: too many layers for one mount(2) page",
+            data.len()
+        );
+    }
+    // SAFETY: every argument is a valid NUL-terminated string that
+    // outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            fstype_c.as_ptr(),
+            flags,
+            data_c.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting the overlay snapshot on {}", target.display()));
+    }
+    let image = image_for_dir(target, cache, size_mib);
+    // SAFETY: umount2(2) of the mount made above; `target_c` is a valid
+    // NUL-terminated path.
+    if unsafe { libc::umount2(target_c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        log::warn!(
+            "unmounting {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    let _ = std::fs::remove_dir(target);
+    image
+}
+
+/// mount(2) flags and data for overlay mount options: `ro` and `rw`
+/// become flags, the rest (`lowerdir=...`, ...) data.
+pub fn overlay_options(options: &[String]) -> (libc::c_ulong, String) {
+    let mut flags = 0;
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" => flags &= !libc::MS_RDONLY,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
 /// A sparse file of `size_mib` MiB full of zeros (a template's placeholder
 /// disk).
 pub fn placeholder(path: &Path, size_mib: u64) -> Result<()> {
@@ -214,6 +317,19 @@ mod tests {
     }
 
     #[test]
+    fn overlay_options_split_into_flags_and_data() {
+        let opts: Vec<String> = ["index=off", "ro", "lowerdir=/a:/b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            overlay_options(&opts),
+            (libc::MS_RDONLY, "index=off,lowerdir=/a:/b".to_string())
+        );
+        assert_eq!(overlay_options(&[]), (0, String::new()));
+    }
+
+    #[test]
     fn sources() {
         let bundle = Path::new("/b");
         assert_eq!(
@@ -225,8 +341,25 @@ mod tests {
             RootSource::Dir("/abs".into())
         );
         assert!(source(&[], None, bundle).is_err());
-        let overlay = [("overlay".to_string(), "overlay".to_string())];
-        assert!(source(&overlay, None, bundle).is_err());
+        let overlay = RootMount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec!["lowerdir=/l".into()],
+        };
+        assert_eq!(
+            source(std::slice::from_ref(&overlay), None, bundle).unwrap(),
+            RootSource::Overlay {
+                source: "overlay".into(),
+                options: vec!["lowerdir=/l".into()]
+            }
+        );
+        let tmpfs = RootMount {
+            kind: "tmpfs".into(),
+            source: "tmpfs".into(),
+            options: vec![],
+        };
+        assert!(source(&[tmpfs], None, bundle).is_err());
+        assert!(source(&[overlay.clone(), overlay], None, bundle).is_err());
     }
 
     #[test]

@@ -365,15 +365,26 @@ impl Inner {
             let sandbox = Sandbox::restore(cfg, &req.id, dir, &ckpt, Some(disk))?;
             return Ok((sandbox, Some((meta.init, meta.stdin))));
         }
-        let mounts: Vec<(String, String)> = req
+        let mounts: Vec<rootfs::RootMount> = req
             .rootfs
             .iter()
-            .map(|m| (m.type_.clone(), m.source.clone()))
+            .map(|m| rootfs::RootMount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
             .collect();
+        let overlay = dir.join("rootfs.overlay");
         let disk = match rootfs::source(&mounts, Some(&root.path), Path::new(&req.bundle))? {
             RootSource::Dir(d) => {
                 let base = rootfs::image_for_dir(&d, &cfg.cache_dir, cfg.disk_size_mib)?;
-                hearth::DiskConfig::file(base).overlay(dir.join("rootfs.overlay"))
+                hearth::DiskConfig::file(base).overlay(overlay)
+            }
+            RootSource::Overlay { source, options } => {
+                let target = dir.join("rootfs.mnt");
+                let base =
+                    rootfs::image_for_overlay(&source, &options, &target, &cfg.cache_dir, cfg.disk_size_mib)?;
+                hearth::DiskConfig::file(base).overlay(overlay)
             }
             RootSource::Block(dev) => hearth::DiskConfig::file(dev),
         };
