@@ -549,6 +549,21 @@ fn containerd_runs_tasks_in_hearth_vms() {
         "native",
         image.to_str().unwrap(),
     ]);
+    // containerd's default snapshotter (overlayfs): the shim copies the
+    // mounted snapshot into an image.
+    c.ok(&["images", "import", image.to_str().unwrap()]);
+    let out = c.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        SHIM,
+        IMAGE,
+        "ov1",
+        "sh",
+        "-c",
+        "echo x > /y; cat /y",
+    ]);
+    assert_eq!(out, "x\n");
     c.ok(&[
         "run",
         "-d",
@@ -618,9 +633,12 @@ fn containerd_runs_tasks_in_hearth_vms() {
         "boot1",
         "t1",
         "t2",
+        "in1",
+        "tty1",
         "count",
         "kill-sigterm",
         "kill-sigkill",
+        "ov1",
         "ck1",
         "ck2",
     ] {
