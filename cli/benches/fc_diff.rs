@@ -112,7 +112,10 @@ fn boot(binary: &Path, dir: &Path, change_kib: u64) -> Fc {
     let pid = child.id();
     let t = Instant::now();
     while rss_kib(pid) < 256 * 1024 {
-        assert!(t.elapsed() < Duration::from_secs(120), "the guest did not touch its memory");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the guest did not touch its memory"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
