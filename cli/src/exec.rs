@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -340,6 +340,51 @@ pub struct CpArgs {
 
 const GUEST: &str = "guest:";
 
+/// Where a download goes: into DST's directory under the guest file's
+/// name when DST is a directory; straight into DST when it is a device,
+/// pipe or socket (`/dev/null`, a FIFO: a rename would replace the node);
+/// else into a temporary name renamed over DST when complete.
+fn download_to(client: &AgentClient, guest: &str, dst: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(dst).ok();
+    if meta.as_ref().is_some_and(|m| m.is_dir()) {
+        let name = Path::new(guest)
+            .file_name()
+            .with_context(|| format!("guest path {guest} names no file"))?;
+        return download_to(client, guest, &dst.join(name));
+    }
+    if meta.as_ref().is_some_and(|m| !m.is_file()) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dst)
+            .with_context(|| format!("cannot open {}", dst.display()))?;
+        let mut w = io::BufWriter::new(f);
+        client.download(guest, &mut w)?;
+        return w
+            .flush()
+            .with_context(|| format!("cannot write {}", dst.display()));
+    }
+    let mut tmp = dst.as_os_str().to_owned();
+    tmp.push(format!(".hearth-cp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut w = io::BufWriter::new(f);
+    let result = client
+        .download(guest, &mut w)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| {
+            w.flush()
+                .with_context(|| format!("cannot write {}", tmp.display()))
+        });
+    drop(w);
+    match result {
+        Ok(_) => std::fs::rename(&tmp, dst).with_context(|| format!("cannot rename to {}", dst.display())),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Runs `hearth cp`: one side is `guest:PATH`, the other local.
 pub fn cp(args: &CpArgs) -> anyhow::Result<ExitCode> {
     let client = args.agent.client();
@@ -361,23 +406,7 @@ pub fn cp(args: &CpArgs) -> anyhow::Result<ExitCode> {
                 client.download(guest, &mut out)?;
                 out.flush().context("cannot write to stdout")?;
             } else {
-                // Into a temporary name, renamed when complete.
-                let tmp = format!("{}.hearth-cp-{}", args.dst, std::process::id());
-                let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {tmp}"))?;
-                let mut w = io::BufWriter::new(f);
-                let result = client
-                    .download(guest, &mut w)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|_| w.flush().with_context(|| format!("cannot write {tmp}")));
-                drop(w);
-                match result {
-                    Ok(_) => std::fs::rename(&tmp, &args.dst)
-                        .with_context(|| format!("cannot rename to {}", args.dst))?,
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                }
+                download_to(&client, guest, Path::new(&args.dst))?;
             }
         }
         _ => bail!("exactly one of SRC and DST must be guest:PATH"),

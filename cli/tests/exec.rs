@@ -424,6 +424,34 @@ fn cp_both_ways_and_through_stdio() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 
+    // Into a directory: under the guest file's name.
+    let sub = dir.path("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let o = cp(&[&guest_arg, sub.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(std::fs::read(sub.join("x")).unwrap() == data);
+    // Into a device: written into it, never renamed over it.
+    let o = cp(&[&guest_arg, "/dev/null"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let null = std::fs::metadata("/dev/null").unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_char_device(&null.file_type()),
+        "/dev/null was replaced"
+    );
+    // And the agent refuses to replace one by an upload.
+    let o = cp(&[local.to_str().unwrap(), "guest:/dev/null"], None);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        text(&o.stderr).contains("not a regular file"),
+        "{}",
+        text(&o.stderr)
+    );
+    let null = std::fs::metadata("/dev/null").unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_char_device(&null.file_type()),
+        "/dev/null was replaced"
+    );
+
     // `-`: stdin and stdout.
     let o = cp(&["-", &guest_arg], Some(b"from stdin\n".to_vec()));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -453,7 +481,8 @@ fn cp_both_ways_and_through_stdio() {
         "{}",
         text(&o.stderr)
     );
-    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 2);
+    // local.bin, back.bin and sub/.
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 3);
     let o = cp(&[&missing_arg, "-"], None);
     assert_one_line_error(&o, 1, missing.to_str().unwrap());
     assert!(o.stdout.is_empty());

@@ -37,11 +37,32 @@ pub struct Upload {
     bytes: u64,
 }
 
+/// An upload replaces a regular file or a symlink, never a device, pipe
+/// or socket (renaming over `/dev/null` would replace the device node).
+fn refuse_special(path: &[u8]) -> Result<(), ErrorInfo> {
+    match files::lstat_raw(path) {
+        Ok(st) => {
+            let kind = st.st_mode & libc::S_IFMT;
+            if kind == libc::S_IFREG || kind == libc::S_IFLNK || kind == libc::S_IFDIR {
+                // A directory is refused by the rename, with its own error.
+                Ok(())
+            } else {
+                Err(ErrorInfo {
+                    message: format!("upload {}: not a regular file", errors::show(path)),
+                    ..errors::os("upload", path, libc::EINVAL)
+                })
+            }
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 impl Upload {
     /// Creates the temporary file (and with `parents` the missing
     /// directories). `seq` makes the temporary name unique.
     pub fn start(path: &[u8], mode: u32, parents: bool, seq: u64) -> Result<Self, ErrorInfo> {
         errors::check_path("upload", path)?;
+        refuse_special(path)?;
         let name_at = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
         let name = path.get(name_at + 1..).unwrap_or_default();
         if name.is_empty() || name == b"." || name == b".." {
@@ -103,6 +124,8 @@ impl Upload {
             .map_err(|e| errors::io("chmod", &self.path, &e))?;
         // Close explicitly: some file systems report write errors there.
         file.close().map_err(|e| errors::io("close", &self.path, &e))?;
+        // A device or pipe made there meanwhile is not replaced either.
+        refuse_special(&self.path)?;
         let (from, to) = match (fd::cpath(&self.temp), fd::cpath(&self.path)) {
             (Ok(f), Ok(t)) => (f, t),
             _ => return Err(errors::os("rename", &self.path, libc::EINVAL)),
@@ -320,6 +343,17 @@ mod tests {
             Upload::start(b"/tmp/", 0o600, false, 4).unwrap_err().kind,
             ErrorKind::IsADirectory
         );
+        // Over a FIFO (or a device): refused, nothing made, the node left
+        // alone.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo reads it only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = Upload::start(b(&fifo), 0o600, false, 6).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{}", e.message);
+        let meta = std::fs::symlink_metadata(&fifo).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+        std::fs::remove_file(&fifo).unwrap();
         // Over a directory: refused at the rename, nothing left behind.
         std::fs::create_dir(dir.join("d")).unwrap();
         std::fs::write(dir.join("d/x"), b"").unwrap();
