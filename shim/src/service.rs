@@ -822,6 +822,15 @@ impl containerd_shim::Task for Service {
     fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         let (_, sandbox, id) = self.inner.proc("")?;
         sandbox.vm.resume().map_err(|e| internal(e.into()))?;
+        // The guest's clock may have stopped with its vCPUs: the agent
+        // sets it from the host's (a guest without an agent just lags).
+        if let Err(e) = sandbox
+            .vm
+            .agent()
+            .and_then(|a| a.timeout(Some(std::time::Duration::from_secs(10))).refresh())
+        {
+            log::warn!("resume: the guest clock was not set: {e}");
+        }
         self.inner.publish(
             topics::TASK_RESUMED_EVENT_TOPIC,
             Box::new(TaskResumed {

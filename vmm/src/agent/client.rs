@@ -417,7 +417,8 @@ impl AgentClient {
     }
 
     /// Makes the agent check the VM generation now: after a restore it
-    /// reseeds the guest's RNG and sets its clock (docs/AGENT.md).
+    /// reseeds the guest's RNG and sets its clock; otherwise it sets the
+    /// clock only (after a long pause; docs/AGENT.md).
     pub fn refresh(&self) -> Result<Refreshed, AgentError> {
         self.tracked("refresh", || match self.open(&Message::Refresh)?.recv()? {
             Message::Refreshed(r) => Ok(r),

@@ -218,6 +218,29 @@ impl Watch {
         true
     }
 
+    /// For REFRESH with no generation change: sets the wall clock from the
+    /// host's (after a long pause the guest's may lag, where its
+    /// clocksource stopped with its vCPUs).
+    pub fn sync_clock(&mut self) {
+        let Some(source) = self.source.as_mut() else {
+            return;
+        };
+        match source.seed_and_time() {
+            Ok((_, time_ns)) if self.live => {
+                if let Err(e) = set_clock(time_ns) {
+                    console::line(&format!(
+                        "hearth-init: agent: clock_settime: {}",
+                        fd::error_text(&e)
+                    ));
+                }
+            }
+            Ok((_, time_ns)) => console::line(&format!(
+                "hearth-init: agent: native mode: would set CLOCK_REALTIME to {time_ns} ns (skipped)"
+            )),
+            Err(e) => console::line(&format!("hearth-init: agent: host time: {}", fd::error_text(&e))),
+        }
+    }
+
     /// For REFRESH: whether a change was seen since the last REFRESH
     /// answered (by this check or an earlier one), and clears it.
     pub fn take_restored(&mut self) -> bool {

@@ -117,10 +117,17 @@ impl Agent {
                 Ok(Message::Ok)
             }
             Message::Mount(m) => super::mount::mount(&m).map(|()| Message::Ok),
-            Message::Refresh => Ok(Message::Refreshed(Refreshed {
-                restored: self.watch.take_restored(),
-                generation: self.watch.generation(),
-            })),
+            Message::Refresh => {
+                let restored = self.watch.take_restored();
+                if !restored {
+                    // No new machine: still bring the clock up to date.
+                    self.watch.sync_clock();
+                }
+                Ok(Message::Refreshed(Refreshed {
+                    restored,
+                    generation: self.watch.generation(),
+                }))
+            }
             other => Err(errors::bad_request(format!(
                 "frame kind {:#04x} is not a request",
                 other.to_frame().0
