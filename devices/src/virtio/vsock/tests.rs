@@ -13,6 +13,7 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 
+use super::connection::CONN_TIMEOUT;
 use super::defs::*;
 use super::device::Vsock;
 use super::muxer::{VsockLimits, RESET_ACK_TIMEOUT};
@@ -611,8 +612,12 @@ fn a_host_connect_to_a_guest_without_rx_buffers_is_closed_at_the_deadline() {
     }
     assert_eq!(r.dev.muxer.connection_count(), 20);
     assert!(r.ops().is_empty(), "no rx buffer, nothing delivered");
-    let deadline = r.dev.muxer.next_deadline().unwrap();
-    r.dev.muxer.on_timer(deadline + Duration::from_millis(1));
+    // Each connection's deadline runs from its own CONNECT, so fire past the
+    // latest one (a slow machine spreads the 20 connects over milliseconds).
+    let latest = Instant::now() + CONN_TIMEOUT;
+    let earliest = r.dev.muxer.next_deadline().unwrap();
+    assert!(earliest <= latest, "a deadline is armed within CONN_TIMEOUT");
+    r.dev.muxer.on_timer(latest + Duration::from_millis(1));
     r.dev.muxer.take_watch_changes();
     r.dev.muxer.release_closed();
     assert_eq!(r.dev.muxer.connection_count(), 0, "closed host-side at once");
