@@ -113,6 +113,17 @@ fn events_and_metrics_files_follow_a_vm_into_a_restore_in_another_process() {
     assert_eq!(m["metrics"]["vm"], "box-1");
     assert_eq!(m["metrics"]["vcpus"].as_array().unwrap().len(), 1);
     std::thread::sleep(Duration::from_millis(500));
+    // Two interval lines before the one at exit (a loaded machine may be
+    // late with them).
+    let written = || {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        text.matches('\n').count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while written() < 2 {
+        assert!(Instant::now() < deadline, "no metrics lines");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for cmd in [r#"{"cmd":"pause"}"#, r#"{"cmd":"resume"}"#, r#"{"cmd":"pause"}"#] {
         assert_eq!(api(&sock, cmd)["ok"], true);
     }

@@ -5,6 +5,8 @@
 // Integration tests: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+use std::time::{Duration, Instant};
+
 use hearth::ExitReason;
 use hearth_tests::{fd_count, mapping_count, thread_count, TestVm, GUEST_TIMEOUT};
 
@@ -29,6 +31,11 @@ fn hundred_start_drop_cycles_leak_nothing() {
     let (fds, threads, maps) = (fd_count(), thread_count(), mapping_count());
     for i in 0..100 {
         cycle(i);
+    }
+    // Give exiting threads a moment to be reaped by the kernel.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (fd_count(), thread_count(), mapping_count()) != (fds, threads, maps) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(fd_count(), fds, "file descriptors leaked");
     assert_eq!(thread_count(), threads, "threads leaked");

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
 use std::net::UdpSocket;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::mpsc::Receiver;
 
@@ -99,7 +99,11 @@ fn test_guest_net_scenario_on_the_user_backend() {
     t.vm.set_net_policy(0, NetPolicy::deny_all()).unwrap();
     assert_eq!(t.vm.net_policy(0).unwrap(), NetPolicy::deny_all());
     // The backend applies it at its next turn (woken at once).
-    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    while t.vm.user_net_counters(0).unwrap().flows_closed_by_policy == 0 {
+        assert!(t0.elapsed() < GUEST_TIMEOUT, "the new policy was not applied");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let _ = host.send_to(b"after", flow);
     assert!(host.recv_from(&mut buf).is_err(), "the closed flow still echoes");

@@ -51,8 +51,13 @@ fn start(test: &str, limit: RateLimit, reads: u64) -> TestVm {
         .disk(DiskConfig::file(image(test)).rate_limit(limit))
         .start();
     t.expect("BLK-BENCH-START\n", GUEST_TIMEOUT);
-    // The bucket starts full: let the guest drain it first.
-    std::thread::sleep(Duration::from_millis(700));
+    // The bucket starts full: let the guest drain it first (it has once
+    // the limiter held it back).
+    let t0 = Instant::now();
+    while counters(&t).throttled == 0 {
+        assert!(t0.elapsed() < GUEST_TIMEOUT, "the guest never drained the bucket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     t
 }
 

@@ -591,7 +591,10 @@ fn run_until(em: &mut EventManager<Arc<Mutex<Net>>>, mut done: impl FnMut() -> b
 
 #[test]
 fn rate_limiters_hold_frames_back_without_spinning() {
-    use crate::rate_limiter::{BucketConfig, RateLimit};
+    use crate::rate_limiter::tests::FakeClock;
+    use crate::rate_limiter::{BucketConfig, RateLimit, RateLimiter};
+    use crate::throttle::Throttle;
+    use std::time::Duration;
     let options = NetOptions {
         // Two frames per 40 ms out; 1000 bytes per 50 ms in.
         tx_rate_limit: RateLimit {
@@ -612,7 +615,16 @@ fn rate_limiters_hold_frames_back_without_spinning() {
         },
         ..NetOptions::default()
     };
-    let (dev, mut g) = setup_with(V1, options);
+    let (mut dev, mut g) = setup_with(V1, options);
+    // The buckets on a clock the test moves (the timers stay real): a slow
+    // machine's pauses refill nothing behind the test's back.
+    let clock = FakeClock::new();
+    let (rx_limit, tx_limit) = dev.rate_limits();
+    let throttle = |limit: RateLimit| {
+        Throttle::with_limiter(RateLimiter::with_clock(limit, Box::new(clock.clone())), limit).unwrap()
+    };
+    dev.rx_throttle = throttle(rx_limit);
+    dev.tx_throttle = throttle(tx_limit);
     let dev = Arc::new(Mutex::new(dev));
     let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
     em.add_subscriber(dev.clone());
@@ -634,6 +646,7 @@ fn rate_limiters_hold_frames_back_without_spinning() {
     assert!(g.backend.take_tx().is_empty());
     // The timer lets the rest out, in order.
     run_until(&mut em, || {
+        clock.advance(Duration::from_millis(10));
         sent.extend(g.backend.take_tx());
         sent.len() == 5
     });
@@ -660,6 +673,7 @@ fn rate_limiters_hold_frames_back_without_spinning() {
         );
     }
     run_until(&mut em, || {
+        clock.advance(Duration::from_millis(10));
         got.extend(g.received().into_iter().map(|(p, _)| p));
         got.len() == 4
     });
@@ -669,6 +683,7 @@ fn rate_limiters_hold_frames_back_without_spinning() {
     // Lifting the limits at run time takes effect at once.
     let (mut rx_limit, tx_limit) = dev.lock().unwrap().rate_limits();
     assert!(rx_limit.bandwidth.is_some() && tx_limit.ops.is_some());
+    clock.advance(Duration::from_millis(40)); // the tx bucket is full again
     for i in 0..6 {
         g.send(&[&packet(100, 50 + i)]);
     }

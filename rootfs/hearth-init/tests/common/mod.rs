@@ -322,6 +322,13 @@ pub fn run(agent: &Agent, spawn: Spawn) -> Output {
     c.collect()
 }
 
+/// A shell command that waits until `go` exists. A detached process's
+/// output is kept for an ATTACH only once the agent has seen its spawning
+/// client go: a test makes `go` after that, however slow the machine.
+pub fn wait_for_file(go: &Path) -> String {
+    format!("until [ -e '{}' ]; do sleep 0.05; done", go.display())
+}
+
 /// Waits until `cond` holds.
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -352,6 +352,7 @@ fn flood_limits_and_garbage_keep_memory_bounded() {
         max_rx_frames: 64,
         ..UserNetLimits::default()
     };
+    let start = Instant::now();
     let (mut net, handle, records) = backend(
         policy(&format!(
             r#"{{"allow":["127.0.0.1:{port}","svc.test"],"hosts":{{"svc.test":"127.0.0.1"}}}}"#
@@ -377,8 +378,11 @@ fn flood_limits_and_garbage_keep_memory_bounded() {
     let c = handle.counters();
     assert!(c.flows_refused >= 3992, "{c:?}");
     assert!(c.records_suppressed > 0, "{c:?}");
+    // 10 a second, in each second the flood lasted (a slow machine may
+    // take more than one).
+    let seconds = start.elapsed().as_secs() as usize + 1;
     assert!(
-        records_of(&records, FlowEvent::Refused).len() <= 20,
+        records_of(&records, FlowEvent::Refused).len() <= 10 * seconds,
         "refusal records are bounded per second"
     );
     assert!(c.frames_dropped > 0);
