@@ -191,6 +191,10 @@ pub struct SpawnExtra {
     pub root: Option<ByteBuf>,
     /// setrlimit(2) in the child, after the agent's own defaults.
     pub rlimits: Vec<Rlimit>,
+    /// With [`Spawn::detach`]: the agent lets go of the connection right
+    /// after STARTED (then closes it), so everything the process writes,
+    /// and its exit, is kept for an ATTACH, however soon it comes.
+    pub release: bool,
 }
 
 impl SpawnExtra {
@@ -758,6 +762,16 @@ mod tests {
                         soft: 1024,
                         hard: u64::MAX,
                     }],
+                    release: false,
+                }),
+                ..Spawn::default()
+            }),
+            Message::Spawn(Spawn {
+                argv: vec![b("true")],
+                detach: true,
+                extra: Box::new(SpawnExtra {
+                    release: true,
+                    ..SpawnExtra::default()
                 }),
                 ..Spawn::default()
             }),
@@ -909,7 +923,7 @@ mod tests {
     #[test]
     fn requests_are_told_apart() {
         let requests = samples().into_iter().filter(Message::is_request).count();
-        assert_eq!(requests, 17);
+        assert_eq!(requests, 18);
     }
 
     #[test]

@@ -263,19 +263,16 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
                 let (rows, cols) = terminal_size().unwrap_or((24, 80));
                 cmd = cmd.tty(rows, cols);
             }
+            if args.detach {
+                // The agent lets go at once: all the output and the exit
+                // are kept for --attach.
+                let started = client.start_detached(&cmd)?;
+                writeln!(io::stdout(), "{}", started.id)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             client.spawn(&cmd)?
         }
     };
-    if args.detach {
-        // Dropping the handle leaves a detached process running. At once:
-        // what the process writes (or its exit) before the agent sees the
-        // close comes to this connection and is lost (protocol 2 cannot
-        // let go atomically).
-        let id = process.id();
-        drop(process);
-        writeln!(io::stdout(), "{id}")?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let _raw = args.tty.then(RawTerminal::enter);
     let outs = [
         output_thread(process.take_stdout(), false, &client, process.id()),

@@ -302,13 +302,28 @@ fn a_closed_stdout_ends_the_command_with_sigpipe() {
     assert_eq!(text(&agent.exec(&["--list"]).stdout), "");
 }
 
+/// `sh -c` text that waits until `go` exists, then runs `then`.
+fn after_file(go: &Path, then: &str) -> String {
+    format!("until [ -e '{}' ]; do sleep 0.05; done; {then}", go.display())
+}
+
+/// Waits until `path` exists, at most [`PATIENCE`].
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + PATIENCE;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "no {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn detach_list_signal_attach() {
-    // Output and an exit that come before `--detach` has disconnected go
-    // to it and are lost (the spawning client is attached until it goes):
-    // the commands here wait a little first.
+    // The commands wait for files the test makes ([`after_file`]), so
+    // each step sees the state it expects, however slow the machine.
     let agent = Agent::start();
-    let o = agent.exec(&["--detach", "--", "sh", "-c", "sleep 0.5; echo kept; sleep 30"]);
+    let (go, said) = (agent.dir.path("go"), agent.dir.path("said"));
+    let script = after_file(&go, &format!("echo kept; touch '{}'; sleep 30", said.display()));
+    let o = agent.exec(&["--detach", "--", "sh", "-c", &script]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     let id: u64 = out
@@ -320,13 +335,11 @@ fn detach_list_signal_attach() {
 
     let o = agent.exec(&["--list"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    assert_eq!(
-        text(&o.stdout),
-        format!("{id} running sh -c sleep 0.5; echo kept; sleep 30\n")
-    );
+    assert_eq!(text(&o.stdout), format!("{id} running sh -c {script}\n"));
 
-    // "kept" is in the agent's ring by now.
-    std::thread::sleep(Duration::from_millis(1500));
+    // "kept" goes to the agent's ring.
+    std::fs::write(&go, "").unwrap();
+    wait_for_file(&said);
     let o = agent.exec(&["--signal", &format!("{id}:TERM")]);
     assert_eq!(
         (o.status.code(), o.stdout.len()),
@@ -360,12 +373,17 @@ fn detach_list_signal_attach() {
     assert_eq!((o.status.code(), text(&o.stdout)), (Some(7), "late\n".into()));
 
     // A detached process's status is listed until an attach.
-    let o = agent.exec(&["--detach", "--", "sh", "-c", "sleep 0.5; exit 4"]);
+    let go = agent.dir.path("go-exit");
+    let script = after_file(&go, "exit 4");
+    let o = agent.exec(&["--detach", "--", "sh", "-c", &script]);
     let id = text(&o.stdout).trim().to_string();
+    let o = agent.exec(&["--list"]);
+    assert_eq!(text(&o.stdout), format!("{id} running sh -c {script}\n"));
+    std::fs::write(&go, "").unwrap();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let list = text(&agent.exec(&["--list"]).stdout);
-        if list == format!("{id} exit-code-4 sh -c sleep 0.5; exit 4\n") {
+        if list == format!("{id} exit-code-4 sh -c {script}\n") {
             break;
         }
         assert!(Instant::now() < deadline, "{list}");
@@ -614,10 +632,11 @@ fn tty_on_a_terminal_goes_raw_follows_resizes_and_restores() {
     until("30 100");
     assert!(!canonical(&slave), "the local terminal should be raw");
     set_size(&slave, 40, 120);
-    // The launcher looks at the size every 200 ms.
-    std::thread::sleep(Duration::from_millis(600));
-    keys.write_all(b"stty size\n").unwrap();
-    until("40 120");
+    // The launcher looks at the size every 200 ms: the shell waits for the
+    // new one (printed as "40x120", which its echo of the line is not).
+    keys.write_all(b"until [ \"$(stty size)\" = '40 120' ]; do sleep 0.05; done; stty size | tr ' ' x\n")
+        .unwrap();
+    until("40x120");
     keys.write_all(b"exit 3\n").unwrap();
     let status = wait_for(&mut child, "hearth exec --tty on a terminal");
     assert_eq!(status.code(), Some(3));
@@ -625,12 +644,9 @@ fn tty_on_a_terminal_goes_raw_follows_resizes_and_restores() {
 }
 
 /// What a detached command writes, and its exit, right after it starts
-/// must be kept for `--attach`. Fails today (about half of the runs lose
-/// the output, one in ten the exit): protocol 2 has no way to spawn
-/// without being attached, so `--detach` is attached until the agent sees
-/// it close, and what comes before goes to it and is lost.
+/// are kept for `--attach` (before the SPAWN `release` option, about half
+/// of these runs lost the output, one in ten the exit).
 #[test]
-#[ignore = "needs a protocol change: SPAWN that lets go after STARTED"]
 fn detach_keeps_what_comes_at_once() {
     let agent = Agent::start();
     let mut lost = Vec::new();

@@ -60,7 +60,7 @@ mod vsock;
 pub use agent::{
     AgentClient, AgentError, Command, DirEntry, Endpoint, ExecOutput, ExitStatus, FileKind, FileStat,
     GuestErrorKind, GuestMount, Process, ProcessInfo, ProcessOutput, ProcessState, ProcessStdin,
-    RefreshOutcome, Refreshed, DEFAULT_AGENT_PORT,
+    RefreshOutcome, Refreshed, Started, DEFAULT_AGENT_PORT,
 };
 pub use boot::BootError;
 pub use config::{

@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Read;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -86,23 +87,17 @@ fn spawn_errors_name_the_program_or_directory() {
 fn output_streams_as_it_is_produced() {
     let agent = Agent::start();
     let mut c = agent.connect();
-    c.send(&Message::Spawn(spawn_msg(&[
-        "sh",
-        "-c",
-        "echo first; sleep 1; echo second",
-    ])));
+    // "second" waits for stdin, which comes only after "first": "first"
+    // came while the process ran, however slow the machine.
+    let mut s = spawn_msg(&["sh", "-c", "echo first; read go; echo second"]);
+    s.stdin = true;
+    c.send(&Message::Spawn(s));
     c.started();
-    let start = Instant::now();
     assert!(matches!(c.recv(), Some(Message::Stdout(b)) if b == b"first\n"));
-    let first = start.elapsed();
+    c.send(&Message::Stdin(b"go\n".to_vec()));
     let rest = c.collect();
-    let total = start.elapsed();
     assert_eq!(rest.stdout, b"second\n");
     assert_eq!(rest.code(), Some(0));
-    assert!(
-        total - first >= Duration::from_millis(800),
-        "{first:?} then {total:?}"
-    );
 }
 
 #[test]
@@ -233,15 +228,25 @@ fn list(agent: &Agent) -> Vec<hearth_agent_protocol::ProcessInfo> {
     }
 }
 
+/// Makes `go` (see [`wait_for_file`]) once the agent has seen every
+/// spawning client go.
+fn release(agent: &Agent, go: &Path) {
+    eventually("the clients to be gone", || {
+        list(agent).iter().all(|p| !p.attached)
+    });
+    std::fs::write(go, "").unwrap();
+}
+
 #[test]
 fn detach_list_attach_replay_signal() {
     let agent = Agent::start();
     let mut c = agent.connect();
-    let mut s = spawn_msg(&[
-        "sh",
-        "-c",
-        "echo a; sleep 0.3; echo b >&2; while :; do sleep 0.1; done",
-    ]);
+    let go = agent.dir.path("go");
+    let script = format!(
+        "echo a; {}; echo b >&2; while :; do sleep 0.1; done",
+        wait_for_file(&go)
+    );
+    let mut s = spawn_msg(&["sh", "-c", &script]);
     s.detach = true;
     c.send(&Message::Spawn(s));
     let started = c.started();
@@ -249,7 +254,8 @@ fn detach_list_attach_replay_signal() {
     assert!(matches!(c.recv(), Some(Message::Stdout(b)) if b == b"a\n"));
     drop(c);
     // It goes on, detached; "b" is kept for the next ATTACH.
-    std::thread::sleep(Duration::from_millis(600));
+    release(&agent, &go);
+    eventually("\"b\" to be kept", || list(&agent)[0].buffered == 2);
     let l = list(&agent);
     assert_eq!(l.len(), 1);
     let p = &l[0];
@@ -305,11 +311,14 @@ fn detach_list_attach_replay_signal() {
 fn wait_then_attach_delivers_the_exit() {
     let agent = Agent::start();
     let mut c = agent.connect();
-    let mut s = spawn_msg(&["sh", "-c", "sleep 0.3; echo done; exit 4"]);
+    let go = agent.dir.path("go");
+    let script = format!("{}; echo done; exit 4", wait_for_file(&go));
+    let mut s = spawn_msg(&["sh", "-c", &script]);
     s.detach = true;
     c.send(&Message::Spawn(s));
     let id = c.started().id;
     drop(c);
+    release(&agent, &go);
     let exit = match agent.ask_one(&Message::Wait(Wait { id })) {
         Message::Exit(e) => e,
         other => panic!("{other:?}"),
@@ -342,15 +351,17 @@ fn the_ring_keeps_the_last_mib_and_counts_the_rest() {
     let agent = Agent::start();
     let total: u64 = 3_000_000;
     let mut c = agent.connect();
+    let go = agent.dir.path("go");
     let mut s = spawn_msg(&[
         "sh",
         "-c",
-        &format!("sleep 0.5; head -c {total} /dev/zero; echo -n end"),
+        &format!("{}; head -c {total} /dev/zero; echo -n end", wait_for_file(&go)),
     ]);
     s.detach = true;
     c.send(&Message::Spawn(s));
     let id = c.started().id;
     drop(c);
+    release(&agent, &go);
     assert!(matches!(agent.ask_one(&Message::Wait(Wait { id })), Message::Exit(e) if e.code == Some(0)));
     let l = list(&agent);
     let kept = 1u64 << 20;
@@ -579,4 +590,36 @@ fn a_terminal_is_not_hung_up_before_its_process_exits() {
         }
     }
     assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// With `release`, the agent lets go of the spawning connection right
+/// after STARTED: output and an exit that come at once are kept for the
+/// ATTACH (without it, they went to the closing connection and were lost).
+#[test]
+fn release_keeps_everything_from_the_first_byte() {
+    let agent = Agent::start();
+    for _ in 0..20 {
+        let mut c = agent.connect();
+        let mut s = spawn_msg(&["sh", "-c", "echo kept; echo err >&2; exit 4"]);
+        s.detach = true;
+        s.extra.release = true;
+        c.send(&Message::Spawn(s));
+        let id = c.started().id;
+        assert_eq!(c.recv(), None, "the agent closes after STARTED");
+        let mut a = agent.connect();
+        a.send(&Message::Attach(Attach { id }));
+        a.started();
+        let out = a.collect();
+        assert_eq!(out.stdout, b"kept\n");
+        assert_eq!(out.stderr, b"err\n");
+        assert_eq!(out.exit.and_then(|e| e.code), Some(4));
+    }
+    eventually("the processes to be forgotten", || list(&agent).is_empty());
+    // Without detach, a release would kill the process at once: refused.
+    let mut c = agent.connect();
+    let mut s = spawn_msg(&["true"]);
+    s.extra.release = true;
+    c.send(&Message::Spawn(s));
+    let msg = expect_error(c.recv(), ErrorKind::BadRequest);
+    assert!(msg.contains("release without detach"), "{msg}");
 }

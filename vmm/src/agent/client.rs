@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hearth_agent_protocol::{
     Attach, Chmod, DirEntry, FileStat, Message, Mkdir, PathReq, ProcessInfo, Refreshed, Remove, Rename,
-    Signal, Upload, Wait, DEFAULT_PORT, MAX_CHUNK,
+    Signal, Started, Upload, Wait, DEFAULT_PORT, MAX_CHUNK,
 };
 use serde_bytes::ByteBuf;
 
@@ -124,6 +124,34 @@ impl AgentClient {
         });
         if let (Err(e), Some(t)) = (&result, &trail) {
             t.end(Err(e.to_string()));
+        }
+        result
+    }
+
+    /// Starts a process detached and lets go of it at once: everything it
+    /// writes (up to the agent's 1 MiB ring) and its exit are kept for
+    /// [`attach`](Self::attach), however soon they come. Needs an agent
+    /// that knows spawn options (older ones refuse the request).
+    pub fn start_detached(&self, command: &Command) -> Result<Started, AgentError> {
+        let mut spec = command.spec.clone();
+        spec.detach = true;
+        spec.extra.release = true;
+        let trail = self.trail(command, &spec);
+        let result = self.tracked("spawn", || {
+            let mut conn = self.open(&Message::Spawn(spec))?;
+            match conn.recv()? {
+                Message::Started(s) => Ok(s),
+                other => Err(unexpected("STARTED", &other)),
+            }
+        });
+        if let Some(t) = &trail {
+            match &result {
+                Ok(s) => {
+                    t.started(s.id);
+                    t.end(Err("started detached: the exit goes to whoever attaches".into()));
+                }
+                Err(e) => t.end(Err(e.to_string())),
+            }
         }
         result
     }

@@ -16,7 +16,7 @@ pub use client::AgentClient;
 pub use conn::Endpoint;
 pub use error::AgentError;
 pub use hearth_agent_protocol::{
-    DirEntry, ErrorKind as GuestErrorKind, FileKind, FileStat, ProcessInfo, ProcessState, Refreshed,
+    DirEntry, ErrorKind as GuestErrorKind, FileKind, FileStat, ProcessInfo, ProcessState, Refreshed, Started,
     DEFAULT_PORT as DEFAULT_AGENT_PORT,
 };
 pub use process::{Command, ExecOutput, ExitStatus, GuestMount, Process, ProcessOutput, ProcessStdin};

@@ -56,6 +56,9 @@ pub struct Process {
     pub argv: Vec<ByteBuf>,
     /// Started with `detach`.
     pub detached: bool,
+    /// Started with `release`: the spawning connection is let go right
+    /// after STARTED (cleared then).
+    pub release: bool,
     /// On a pseudo-terminal.
     pub is_tty: bool,
     /// Its user, for failure messages.
@@ -129,6 +132,7 @@ impl Process {
             pid: child.pid,
             argv,
             detached,
+            release: false,
             is_tty,
             user: None,
             phase: Phase::Starting {

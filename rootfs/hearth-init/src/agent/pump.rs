@@ -64,7 +64,7 @@ impl Agent {
             Status::Started => {
                 p.phase = Phase::Running;
                 let no_pidfd = p.pidfd.is_none();
-                self.announce(id);
+                self.announce(id, now);
                 if no_pidfd {
                     // Its SIGCHLD may have come while it was starting.
                     self.on_exit(id, now);
@@ -90,8 +90,9 @@ impl Agent {
     }
 
     /// STARTED (and OUTPUT_DROPPED) to the attached client, once the exec
-    /// is confirmed.
-    pub(super) fn announce(&mut self, id: u64) {
+    /// is confirmed. A spawn with `release` then lets go of its client:
+    /// from the first byte, output goes to the ring and the exit is kept.
+    pub(super) fn announce(&mut self, id: u64, now: Instant) {
         let Some(p) = self.procs.get_mut(id) else {
             return;
         };
@@ -106,7 +107,13 @@ impl Agent {
         if dropped > 0 {
             conn.out.push(&Message::OutputDropped(dropped));
         }
-        p.announced = true;
+        if p.release {
+            p.release = false;
+            p.client = None;
+            conn.close(now);
+        } else {
+            p.announced = true;
+        }
     }
 
     /// The pidfd of a process is readable (or SIGCHLD came): reap it and

@@ -147,6 +147,10 @@ impl Agent {
             );
             return conn.finish(&Message::Error(e), now);
         }
+        if s.extra.release && !s.detach {
+            let e = errors::bad_request("spawn: release without detach would kill the process at once");
+            return conn.finish(&Message::Error(e), now);
+        }
         let cmd = match command::prepare(&s, &self.cfg.agent_env) {
             Ok(cmd) => cmd,
             Err(e) => return conn.finish(&Message::Error(e), now),
@@ -164,6 +168,7 @@ impl Agent {
         };
         let id = self.procs.next_id();
         let mut p = Process::new(id, child, cmd, trim_argv(&s.argv, ARGV_KEPT), s.detach);
+        p.release = s.extra.release;
         p.user = s.user.map(|u| (u.uid, u.gid));
         p.stdin_open = s.stdin;
         p.deadline = s
