@@ -636,3 +636,37 @@ fn random_hostile_campaign_with_a_tap_flood() {
     assert!(sent > 1000, "the flood ran");
     assert!(worst < ANSWER_BOUND, "a pause took {worst:?}");
 }
+
+/// A guest that prints forever to a serial console written to a host file
+/// stops filling it at the VM's limit: the rest is counted and dropped,
+/// and the VM runs on.
+#[test]
+fn serial_output_to_a_file_stops_at_the_vm_limit() {
+    let path = tmp("serial.log");
+    let _ = std::fs::remove_file(&path);
+    let limit = 300;
+    let console = SerialBuffer::new();
+    let mut config = TestVm::scenario("counter")
+        .arg("tg.period_ms=1")
+        .limits(ResourceLimits::default().serial_output_bytes(limit))
+        .config(&console);
+    config.serial = SerialOutput::File(path.clone());
+    let vm = Vm::start(config).unwrap();
+    let t0 = Instant::now();
+    while vm.metrics().serial.dropped_bytes < 1000 {
+        assert!(t0.elapsed() < GUEST_TIMEOUT, "{:?}", vm.metrics().serial);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let written = std::fs::read(&path).unwrap();
+    assert_eq!(written.len() as u64, limit);
+    assert!(String::from_utf8_lossy(&written).contains("GUEST-READY\nCOUNT 1\n"));
+    let s = vm.metrics().serial;
+    assert!(s.bytes >= s.dropped_bytes + limit, "{s:?}");
+    // Still running: it counts on, and what it writes is still counted.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(vm.metrics().serial.bytes > s.bytes, "the guest stopped");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), limit);
+    let t = Instant::now();
+    vm.pause().unwrap();
+    assert!(t.elapsed() < ANSWER_BOUND, "pause took {:?}", t.elapsed());
+}

@@ -33,6 +33,7 @@ use crate::kvm::vm::KvmVm;
 use crate::kvm::KvmError;
 use crate::memory::GuestMemoryMmap;
 use crate::registry::{Entry, Handle, Registry};
+use crate::serial_cap::{CappedSink, SerialTally};
 use crate::serial_output::SerialWriter;
 use crate::snapshot::state::DevicesState;
 
@@ -128,6 +129,9 @@ pub enum DeviceError {
 #[derive(Debug)]
 pub(crate) struct Devices {
     pub serial: Arc<SerialDevice>,
+    /// What the guest wrote to the serial console, and dropped past its
+    /// limit.
+    pub serial_tally: Arc<SerialTally>,
     pub boot_timer: Arc<BootTimer>,
     pub cmos: Arc<Cmos>,
     pub generation: Arc<VmGeneration>,
@@ -257,7 +261,18 @@ pub(crate) fn setup(
     let com1_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
     vm.register_irqfd(&com1_irq, COM1_IRQ)?;
     let irq_line = Arc::new(com1_irq.try_clone().map_err(DeviceError::EventFd)?);
-    let sink = Box::new(serial_writer(&config.serial)?);
+    // The VMM bounds what it writes to host files and its stdout; a
+    // buffer bounds itself, a callback is the embedder's.
+    let serial_limit = match config.serial {
+        SerialOutput::Stdout | SerialOutput::File(_) => config.limits.serial_output_bytes,
+        _ => u64::MAX,
+    };
+    let serial_tally = Arc::new(SerialTally::default());
+    let sink = Box::new(CappedSink::new(
+        serial_writer(&config.serial)?,
+        serial_limit,
+        serial_tally.clone(),
+    ));
     let serial = Arc::new(match saved {
         Some(s) => SerialDevice::from_snapshot(irq_line, sink, &s.serial)
             .map_err(|e| DeviceError::Restore(e.to_string()))?,
@@ -370,6 +385,7 @@ pub(crate) fn setup(
     Ok(DeviceSetup {
         devices: Devices {
             serial,
+            serial_tally,
             boot_timer,
             cmos,
             generation,

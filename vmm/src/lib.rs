@@ -49,6 +49,7 @@ mod rate_limits;
 mod registry;
 mod runner;
 pub mod seccomp;
+mod serial_cap;
 mod serial_output;
 mod snapshot;
 #[cfg(feature = "test-hooks")]
@@ -93,6 +94,7 @@ pub use observe::{
     Labels, MemoryUsage, ThreadCpu, Totals, VmEvent, DEFAULT_IDLE_CPU_THRESHOLD, REDACTED,
 };
 pub use seccomp::SeccompMode;
+pub use serial_cap::{SerialCounters, DEFAULT_SERIAL_OUTPUT_LIMIT};
 pub use serial_output::{SerialBuffer, SerialCallback, DEFAULT_SERIAL_BUFFER_LIMIT};
 pub use snapshot::{
     FormatError, RestoreMemory, RestoreOptions, Snapshot, SnapshotError, SnapshotInfo, SnapshotOptions,

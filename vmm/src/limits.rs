@@ -12,6 +12,8 @@ use hearth_devices::virtio::vsock::{
     VsockLimits, DEFAULT_CONN_BUFFER, DEFAULT_MAX_CONNECTIONS, MAX_CONTROL_PACKETS,
 };
 
+use crate::serial_cap::DEFAULT_SERIAL_OUTPUT_LIMIT;
+
 /// Bounds on one VM's host resources. Every field has a safe default;
 /// `docs/LIMITS.md` gives the worst case they add up to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +32,11 @@ pub struct ResourceLimits {
     pub net_backlog_frames: usize,
     /// Bytes, likewise (default 1 MiB).
     pub net_backlog_bytes: usize,
+    /// Guest serial console output the VMM writes to a file or to its
+    /// standard output (default 64 MiB, for the VM's life in this
+    /// process); past it the rest is dropped and counted
+    /// ([`VmMetrics::serial`](crate::VmMetrics::serial)). 0: none.
+    pub serial_output_bytes: u64,
 }
 
 impl Default for ResourceLimits {
@@ -39,6 +46,7 @@ impl Default for ResourceLimits {
             vsock_buffer_bytes: DEFAULT_CONN_BUFFER,
             net_backlog_frames: RX_BACKLOG_FRAMES,
             net_backlog_bytes: RX_BACKLOG_BYTES,
+            serial_output_bytes: DEFAULT_SERIAL_OUTPUT_LIMIT,
         }
     }
 }
@@ -65,6 +73,11 @@ impl ResourceLimits {
     /// Sets `net_backlog_bytes`.
     pub fn net_backlog_bytes(mut self, n: usize) -> Self {
         self.net_backlog_bytes = n;
+        self
+    }
+    /// Sets `serial_output_bytes`.
+    pub fn serial_output_bytes(mut self, n: u64) -> Self {
+        self.serial_output_bytes = n;
         self
     }
 

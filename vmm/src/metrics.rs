@@ -13,6 +13,7 @@ use hearth_devices::virtio::vsock::VsockTraffic;
 use crate::observe::event::now_ms;
 use crate::observe::idle::Activity;
 use crate::observe::{memory, AgentRequests, ExitCounts, MemoryUsage, ThreadCpu};
+use crate::serial_cap::SerialCounters;
 use crate::vm::VmCore;
 
 /// How old a guest memory sample [`VmCore::metrics`] reuses may be: the
@@ -63,6 +64,9 @@ pub struct VmMetrics {
     /// (disks, nets, vsock): how many, and how many were not logged
     /// (docs/LIMITS.md, "Logs").
     pub guest_problems: Vec<DeviceProblems>,
+    /// The guest's serial console output, and what was dropped past
+    /// [`ResourceLimits::serial_output_bytes`](crate::ResourceLimits).
+    pub serial: SerialCounters,
     /// Events dropped because the sink fell behind.
     pub events_dropped: u64,
 }
@@ -148,6 +152,7 @@ impl VmCore {
                     counters: e.transport.guest_log().counters(),
                 })
                 .collect(),
+            serial: self.devices.serial_tally.read(),
             events_dropped: obs.dropped_events(),
         }
     }
