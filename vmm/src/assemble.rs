@@ -62,7 +62,7 @@ impl Assembly {
         kvm_vm.register_memory(&memory)?;
         kvm_vm.setup_irqchip(config.pit)?;
         // Opened now, before any seccomp filter or jail hides /proc.
-        let _ = crate::observe::memory::pagemap();
+        let _ = crate::pagemap::pagemap();
         let obs = Observer::new(Identity::of(config), config.vcpus as usize);
         let run_state = Arc::new(RunState::new(obs).map_err(|source| Error::Setup {
             what: "the exit eventfd",

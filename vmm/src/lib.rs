@@ -45,6 +45,7 @@ mod memory;
 mod metrics;
 mod net;
 mod observe;
+mod pagemap;
 mod rate_limits;
 mod registry;
 mod runner;

@@ -11,13 +11,12 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::GuestMemoryMmap;
+use crate::pagemap::{for_each_entry, pagemap, FILE_OR_SHARED, PRESENT, SWAPPED};
 
 const PAGE: u64 = 4096;
 
@@ -69,20 +68,6 @@ const PAGE_IS_SWAPPED: u64 = 1 << 4;
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 pub(crate) const PAGEMAP_SCAN: u64 = 0xc060_6610;
 const REGIONS: usize = 256;
-
-// pagemap entry bits.
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAPPED: u64 = 1 << 62;
-const PM_FILE_OR_SHARED: u64 = 1 << 61;
-const BATCH: usize = 4096;
-
-/// `/proc/self/pagemap`, opened once (before any seccomp filter or jail
-/// took `/proc` away). `None` where it cannot be opened.
-pub(crate) fn pagemap() -> Option<&'static File> {
-    static FILE: OnceLock<Option<File>> = OnceLock::new();
-    FILE.get_or_init(|| File::open("/proc/self/pagemap").ok())
-        .as_ref()
-}
 
 /// Adds up the pages of `[start, end)` by category.
 #[derive(Default)]
@@ -142,22 +127,9 @@ fn scan(pagemap: &File, start: u64, end: u64, tally: &mut Tally) -> io::Result<(
 
 /// By reading every entry.
 fn read_entries(pagemap: &File, start: u64, end: u64, tally: &mut Tally) -> io::Result<()> {
-    let mut buf = vec![0u8; BATCH * 8];
-    let mut page = start / PAGE;
-    let last = end / PAGE;
-    while page < last {
-        let n = (last - page).min(BATCH as u64) as usize;
-        let bytes = buf.get_mut(..n * 8).unwrap_or_default();
-        pagemap.read_exact_at(bytes, page * 8)?;
-        for e in bytes.chunks_exact(8) {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(e);
-            let e = u64::from_le_bytes(raw);
-            tally.add(1, e & (PM_PRESENT | PM_SWAPPED) != 0, e & PM_FILE_OR_SHARED != 0);
-        }
-        page += n as u64;
-    }
-    Ok(())
+    for_each_entry(pagemap, start, end, |e| {
+        tally.add(1, e & (PRESENT | SWAPPED) != 0, e & FILE_OR_SHARED != 0);
+    })
 }
 
 /// Samples `mem`'s use now; `None` without `/proc/self/pagemap`.

@@ -149,7 +149,7 @@ pub fn save_diff(mem: &GuestMemoryMmap, path: &Path) -> io::Result<(MemoryStats,
     let mut run = vec![0u8; RUN];
     for region in mem.iter() {
         let len = region.len() as usize;
-        let changed = super::pagemap::changed_pages(region.as_ptr() as usize, len)?;
+        let changed = crate::pagemap::changed_pages(region.as_ptr() as usize, len)?;
         let mut i = 0;
         while i < changed.len() {
             if !changed[i] {

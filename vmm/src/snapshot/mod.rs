@@ -9,7 +9,6 @@ pub(crate) mod cpu_check;
 pub(crate) mod create;
 pub(crate) mod format;
 pub(crate) mod memory;
-pub(crate) mod pagemap;
 pub(crate) mod restore;
 pub(crate) mod state;
 #[cfg(test)]
