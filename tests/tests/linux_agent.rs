@@ -122,6 +122,22 @@ impl Write for HashSink {
     }
 }
 
+/// Reads `out` until what came ends with `end`; returns it all.
+fn read_until(out: &mut impl Read, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(end) {
+        let n = out.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended early: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
@@ -313,13 +329,7 @@ fn streams_as_produced(c: &AgentClient) {
         )
         .unwrap();
     let mut out = p.take_stdout().unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
-    while !got.ends_with(b"first\n") {
-        let n = out.read(&mut buf).unwrap();
-        assert!(n > 0, "stdout ended early: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let mut got = read_until(&mut out, b"first\n");
     let first = t0.elapsed();
     p.stdin().unwrap().write_all(b"go\n").unwrap();
     out.read_to_end(&mut got).unwrap();
@@ -614,13 +624,7 @@ fn detached_and_timeout(c: &AgentClient) {
         )
         .unwrap();
     let mut stdout = p.take_stdout().unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 64];
-    while !got.ends_with(b"armed\n") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let mut got = read_until(&mut stdout, b"armed\n");
     c.signal(p.id(), libc::SIGTERM).unwrap();
     stdout.read_to_end(&mut got).unwrap();
     let status = p.wait().unwrap();

@@ -181,15 +181,24 @@ impl UserNet {
         }
     }
 
-    fn opened_record(flow: &TcpFlow) -> FlowRecord {
-        let mut r = FlowRecord::new(
-            FlowEvent::Opened,
-            FlowProtocol::Tcp,
-            *flow.target.ip(),
-            flow.target.port(),
-        );
+    /// A record of `event` on `flow`: its target and name.
+    fn record_of(flow: &TcpFlow, event: FlowEvent) -> FlowRecord {
+        let mut r = FlowRecord::new(event, FlowProtocol::Tcp, *flow.target.ip(), flow.target.port());
         r.name = flow.name.clone();
+        r
+    }
+
+    /// The opening of `flow`, with the rule that let it.
+    fn opened_record(flow: &TcpFlow) -> FlowRecord {
+        let mut r = Self::record_of(flow, FlowEvent::Opened);
         r.rule = flow.rule.clone();
+        r
+    }
+
+    /// A refusal of `flow`, and why.
+    fn refused_record(flow: &TcpFlow, why: String) -> FlowRecord {
+        let mut r = Self::record_of(flow, FlowEvent::Refused);
+        r.reason = Some(why);
         r
     }
 
@@ -219,15 +228,7 @@ impl UserNet {
                             (Some(syn), _) => after.push(After::RefuseSyn(flow.key, syn, why)),
                             (None, Some(sock)) => {
                                 flow.fail(sock, why.clone());
-                                let mut r = FlowRecord::new(
-                                    FlowEvent::Refused,
-                                    FlowProtocol::Tcp,
-                                    *flow.target.ip(),
-                                    flow.target.port(),
-                                );
-                                r.name = flow.name.clone();
-                                r.reason = Some(why);
-                                after.push(After::Record(r));
+                                after.push(After::Record(Self::refused_record(flow, why)));
                             }
                             (None, None) => {}
                         }
@@ -274,15 +275,7 @@ impl UserNet {
                     if let Some(why) = refused {
                         flow.fail(sock, why.clone());
                         Counters::add(&self.shared.counters.flows_refused, 1);
-                        let mut r = FlowRecord::new(
-                            FlowEvent::Refused,
-                            FlowProtocol::Tcp,
-                            *flow.target.ip(),
-                            flow.target.port(),
-                        );
-                        r.name = flow.name.clone();
-                        r.reason = Some(why);
-                        after.push(After::Record(r));
+                        after.push(After::Record(Self::refused_record(flow, why)));
                     }
                     flow.update_interest(&self.poller, None, flow.id);
                     continue;
@@ -350,13 +343,7 @@ impl UserNet {
                 self.sockets.remove(h);
             }
             if flow.state == TcpState::Open {
-                let mut r = FlowRecord::new(
-                    FlowEvent::Closed,
-                    FlowProtocol::Tcp,
-                    *flow.target.ip(),
-                    flow.target.port(),
-                );
-                r.name = flow.name;
+                let mut r = Self::record_of(&flow, FlowEvent::Closed);
                 r.rule = flow.rule;
                 r.reason = flow.error;
                 r.bytes_out = flow.bytes_out;
